@@ -1,0 +1,162 @@
+package syncloop
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/svcproxy/svcproxy/metrics"
+	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/proxy/model"
+)
+
+// fakeBackend records syncs; block, when set, holds each Sync until a value is received.
+type fakeBackend struct {
+	mu      sync.Mutex
+	syncs   []call
+	fail    int // fail this many next syncs
+	intact  bool
+	block   chan struct{}
+	entered chan struct{}
+}
+
+type call struct {
+	full     bool
+	services int
+	changed  int
+}
+
+func (f *fakeBackend) Name() string { return "fake" }
+func (f *fakeBackend) Sync(ctx context.Context, st *model.State, c model.Changes, full bool) (proxy.SyncResult, error) {
+	if f.entered != nil {
+		f.entered <- struct{}{}
+	}
+	if f.block != nil {
+		<-f.block
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.syncs = append(f.syncs, call{full: full, services: len(st.Services), changed: len(c.Services)})
+	if f.fail > 0 {
+		f.fail--
+		return proxy.SyncResult{}, errors.New("kernel said no")
+	}
+	return proxy.SyncResult{Full: full, ServicesWritten: len(c.Services)}, nil
+}
+func (f *fakeBackend) Verify(context.Context) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.intact, nil
+}
+func (f *fakeBackend) Cleanup(context.Context) error { return nil }
+func (f *fakeBackend) calls() []call {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]call(nil), f.syncs...)
+}
+
+func state(n int) *model.State {
+	st := &model.State{NodeName: "n1"}
+	for i := 0; i < n; i++ {
+		st.Services = append(st.Services, &model.Service{Key: model.ServiceKey{Namespace: "default", Name: string(rune('a' + i))}})
+	}
+	return st
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func start(t *testing.T, b proxy.Backend, o Options) *Loop {
+	l := New(b, o)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return l
+}
+
+func TestBurstIsCoalesced(t *testing.T) {
+	b := &fakeBackend{intact: true, block: make(chan struct{}), entered: make(chan struct{}, 10)}
+	l := start(t, b, Options{MinInterval: time.Millisecond, Period: time.Hour})
+	l.Update(state(1))
+	<-b.entered // the first sync is in progress and blocked
+	for i := 2; i <= 50; i++ {
+		l.Update(state(i))
+	}
+	close(b.block)
+	waitFor(t, "last generation applied", func() bool { return l.Status().AppliedGeneration == 50 })
+	calls := b.calls()
+	if len(calls) != 2 {
+		t.Fatalf("50 updates during one sync should give 2 syncs, got %d: %+v", len(calls), calls)
+	}
+	if !calls[0].full || calls[1].full {
+		t.Errorf("first sync must be full and the second partial: %+v", calls)
+	}
+	if calls[1].services != 50 || calls[1].changed != 49 {
+		t.Errorf("second sync should carry 50 services, 49 changed: %+v", calls[1])
+	}
+	if ok, why := l.Healthy(); !ok || !l.Ready() {
+		t.Errorf("healthy=%v (%s) ready=%v after success", ok, why, l.Ready())
+	}
+}
+
+func TestFailureRetriesAsFullSync(t *testing.T) {
+	b := &fakeBackend{intact: true, fail: 2}
+	m := metrics.New()
+	l := start(t, b, Options{MinInterval: time.Millisecond, Period: time.Hour, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Metrics: m})
+	l.Update(state(3))
+	waitFor(t, "recovery", func() bool { return l.Status().AppliedGeneration == 1 })
+	calls := b.calls()
+	if len(calls) != 3 {
+		t.Fatalf("want 2 failures then success, got %+v", calls)
+	}
+	for _, c := range calls {
+		if !c.full {
+			t.Errorf("every retry must be a full sync: %+v", calls)
+		}
+	}
+	l.Update(state(4))
+	waitFor(t, "partial sync", func() bool { return l.Status().AppliedGeneration == 2 })
+	if c := b.calls()[3]; c.full || c.changed != 1 {
+		t.Errorf("after recovery a change should be a partial sync of 1 service: %+v", c)
+	}
+}
+
+func TestHealthReportsFailure(t *testing.T) {
+	b := &fakeBackend{intact: true, fail: 1000}
+	l := start(t, b, Options{MinInterval: time.Millisecond, Period: time.Hour, MinBackoff: time.Hour})
+	l.Update(state(1))
+	waitFor(t, "first attempt", func() bool { return len(b.calls()) >= 1 })
+	waitFor(t, "status", func() bool { return l.Status().LastError != "" })
+	if ok, why := l.Healthy(); ok || why == "" {
+		t.Errorf("a failed sync must make the loop unhealthy, got %v %q", ok, why)
+	}
+	if l.Ready() {
+		t.Error("never synced: must not be ready")
+	}
+}
+
+func TestTamperingForcesFullSync(t *testing.T) {
+	b := &fakeBackend{intact: true}
+	m := metrics.New()
+	l := start(t, b, Options{MinInterval: time.Millisecond, Period: 10 * time.Millisecond, Metrics: m})
+	l.Update(state(2))
+	waitFor(t, "first sync", func() bool { return len(b.calls()) == 1 })
+	b.mu.Lock()
+	b.intact = false
+	b.mu.Unlock()
+	waitFor(t, "full resync after tampering", func() bool { return len(b.calls()) >= 2 })
+	if c := b.calls()[1]; !c.full {
+		t.Errorf("tampering must force a full sync: %+v", c)
+	}
+}
