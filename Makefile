@@ -23,7 +23,7 @@ kube:
 	bash hack/build-kube.sh
 
 # The whole suite: unit tests, BPF tests, netns integration and cluster e2e (needs root).
-test: build kube
+test: deps build kube
 	bash hack/test.sh
 
 test-unit:
