@@ -1,0 +1,1 @@
+/* Shim, see types.h: the generic byte-swap helpers of linux/swab.h are enough. */

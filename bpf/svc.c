@@ -1,0 +1,392 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * svcproxy data path: socket-level load balancing (cgroup v2 sock_addr hooks), a per-packet
+ * path for traffic entering the node from outside (tc, TCX), a socket iterator that destroys
+ * connected UDP sockets whose backend went away, and a test entry point for the selection
+ * logic. Maps: include/svc_maps.h. Selection: include/svc_lb.h.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "svc_kern.h"
+#include "svc_maps.h"
+#include "svc_lb.h"
+
+#define SVC_AF_INET 2
+#define SVC_ECONNREFUSED 111
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+/* ---------------------------------------------------------------- socket LB (local clients) */
+
+static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx)
+{
+	struct lb_req r = {};
+	__u32 proto = ctx->protocol;
+
+	if (proto != SVC_PROTO_TCP && proto != SVC_PROTO_UDP)
+		return 1;
+	r.addr = ctx->user_ip4;
+	r.port = (__u16)ctx->user_port;
+	r.proto = (__u8)proto;
+	r.scope = SVC_SCOPE_INT;
+	r.client = bpf_get_netns_cookie(ctx);
+	lb_select(&r);
+	if (r.verdict == LB_NONE)
+		return 1;
+	if (r.verdict != LB_OK) {
+		/* Like iptables' REJECT: fail at once instead of timing out. */
+		bpf_set_retval(-SVC_ECONNREFUSED);
+		return 0;
+	}
+
+	struct sock_revnat_key rk = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.addr = r.be_addr,
+		.port = r.be_port,
+	};
+	struct sock_revnat_value rv = {
+		.addr = r.addr,
+		.port = r.port,
+		.rev_nat_id = r.rev_nat_id,
+	};
+	bpf_map_update_elem(&svc_sock_revnat, &rk, &rv, BPF_ANY);
+	ctx->user_ip4 = r.be_addr;
+	ctx->user_port = (__u32)r.be_port;
+	return 1;
+}
+
+static __always_inline void sock4_revnat(struct bpf_sock_addr *ctx)
+{
+	struct sock_revnat_key rk = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.addr = ctx->user_ip4,
+		.port = (__u16)ctx->user_port,
+	};
+	struct sock_revnat_value *v = bpf_map_lookup_elem(&svc_sock_revnat, &rk);
+	struct revnat_value *fe;
+	__u16 id;
+
+	if (!v)
+		return;
+	id = v->rev_nat_id;
+	fe = bpf_map_lookup_elem(&svc_revnat, &id);
+	if (!fe || fe->addr != v->addr || fe->port != v->port) {
+		/* The frontend is gone or was reused: do not show a stale VIP. */
+		bpf_map_delete_elem(&svc_sock_revnat, &rk);
+		return;
+	}
+	ctx->user_ip4 = v->addr;
+	ctx->user_port = (__u32)v->port;
+}
+
+SEC("cgroup/connect4")
+int svc_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock4_xlate(ctx);
+}
+
+SEC("cgroup/sendmsg4")
+int svc_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock4_xlate(ctx);
+}
+
+SEC("cgroup/recvmsg4")
+int svc_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	sock4_revnat(ctx);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int svc_getpeername4(struct bpf_sock_addr *ctx)
+{
+	sock4_revnat(ctx);
+	return 1;
+}
+
+/* ------------------------------------------------------------ per-packet path (tc, TCX) */
+
+#define ETH_HLEN_ 14
+#define IP_CSUM_OFF (ETH_HLEN_ + 10)
+#define IP_SRC_OFF (ETH_HLEN_ + 12)
+#define IP_DST_OFF (ETH_HLEN_ + 16)
+
+struct pkt {
+	__u32 l4_off;
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+};
+
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	__u16 ports[2];
+
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return -1;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->ihl < 5)
+		return -1;
+	/* Fragments carry no ports; they are not translated (documented in docs/ebpf.md). */
+	if (ip->frag_off & bpf_htons(0x3fff))
+		return -1;
+	if (ip->protocol != SVC_PROTO_TCP && ip->protocol != SVC_PROTO_UDP)
+		return -1;
+	p->proto = ip->protocol;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->l4_off = ETH_HLEN_ + ip->ihl * 4;
+	if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
+		return -1;
+	p->sport = ports[0];
+	p->dport = ports[1];
+	return 0;
+}
+
+static __always_inline int rewrite_addr(struct __sk_buff *skb, struct pkt *p, __u32 off,
+					__u32 from, __u32 to)
+{
+	__u32 csum_off = p->l4_off + (p->proto == SVC_PROTO_TCP ? 16 : 6);
+	__u64 flags = BPF_F_PSEUDO_HDR | sizeof(to);
+
+	if (from == to)
+		return 0;
+	if (p->proto == SVC_PROTO_UDP)
+		flags |= BPF_F_MARK_MANGLED_0;
+	if (bpf_l4_csum_replace(skb, csum_off, from, to, flags) < 0)
+		return -1;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, from, to, sizeof(to)) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0);
+}
+
+static __always_inline int rewrite_port(struct __sk_buff *skb, struct pkt *p, __u32 off,
+					__u16 from, __u16 to)
+{
+	__u32 csum_off = p->l4_off + (p->proto == SVC_PROTO_TCP ? 16 : 6);
+	__u64 flags = sizeof(to);
+
+	if (from == to)
+		return 0;
+	if (p->proto == SVC_PROTO_UDP)
+		flags |= BPF_F_MARK_MANGLED_0;
+	if (bpf_l4_csum_replace(skb, csum_off, from, to, flags) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0);
+}
+
+/* nat rewrites the packet's tuple to (saddr:sport -> daddr:dport). */
+static __always_inline int nat(struct __sk_buff *skb, struct pkt *p, __u32 saddr, __u16 sport,
+			       __u32 daddr, __u16 dport)
+{
+	if (rewrite_addr(skb, p, IP_SRC_OFF, p->saddr, saddr) < 0 ||
+	    rewrite_addr(skb, p, IP_DST_OFF, p->daddr, daddr) < 0 ||
+	    rewrite_port(skb, p, p->l4_off, p->sport, sport) < 0 ||
+	    rewrite_port(skb, p, p->l4_off + 2, p->dport, dport) < 0)
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+/* snat_port picks the source port a SNATed flow uses toward backend be: the client's own port
+ * when free, else a random one; 0 when none was found. */
+static __always_inline __u16 snat_port(struct pkt *p, __u32 node, __u32 be_addr, __u16 be_port)
+{
+	struct ct_key rk = {
+		.saddr = be_addr,
+		.daddr = node,
+		.sport = be_port,
+		.dport = p->sport,
+		.proto = p->proto,
+	};
+	struct ct_value *o;
+	int i;
+
+	for (i = 0; i < 8; i++) {
+		o = bpf_map_lookup_elem(&svc_ct, &rk);
+		if (!o || (o->nat_daddr == p->saddr && o->nat_dport == p->sport))
+			return rk.dport;
+		rk.dport = bpf_htons(32768 + (bpf_get_prandom_u32() % 28232));
+	}
+	return 0;
+}
+
+SEC("tc")
+int svc_tc_ingress(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct ct_value *ct;
+	struct backend_value *be;
+	struct lb_req r = {};
+	__u64 now;
+
+	if (parse(skb, &p) < 0)
+		return TC_ACT_UNSPEC;
+	struct ct_key ck = {
+		.saddr = p.saddr,
+		.daddr = p.daddr,
+		.sport = p.sport,
+		.dport = p.dport,
+		.proto = p.proto,
+	};
+	now = bpf_ktime_get_ns();
+	ct = bpf_map_lookup_elem(&svc_ct, &ck);
+	if (ct) {
+		if (ct->kind == CT_REPLY) {
+			/* Replies without SNAT leave through egress; only SNATed ones come back here. */
+			if (!ct->snat)
+				return TC_ACT_UNSPEC;
+			ct->last_ns = now;
+			return nat(skb, &p, ct->nat_saddr, ct->nat_sport, ct->nat_daddr, ct->nat_dport);
+		}
+		__u32 id = ct->backend_id;
+		be = bpf_map_lookup_elem(&svc_backends, &id);
+		if (be && be->addr == ct->nat_daddr && be->port == ct->nat_dport) {
+			ct->last_ns = now;
+			return nat(skb, &p, ct->nat_saddr, ct->nat_sport, ct->nat_daddr, ct->nat_dport);
+		}
+		/* The backend went away: choose again (like kube-proxy's stale UDP cleanup). */
+		bpf_map_delete_elem(&svc_ct, &ck);
+	}
+
+	r.addr = p.daddr;
+	r.port = p.dport;
+	r.proto = p.proto;
+	r.scope = SVC_SCOPE_EXT;
+	r.client = p.saddr;
+	lb_select(&r);
+	if (r.verdict == LB_NONE)
+		return TC_ACT_UNSPEC;
+	if (r.verdict != LB_OK)
+		return TC_ACT_SHOT;
+
+	__u32 nat_saddr = p.saddr;
+	__u16 nat_sport = p.sport;
+	__u8 snat = 0;
+	if (!(r.be_flags & BE_F_LOCAL) && !(r.svc_flags & SVC_F_LOCAL)) {
+		/* A remote backend would answer the client directly: make it answer us. */
+		__u32 ifindex = skb->ifindex;
+		__u32 *node = bpf_map_lookup_elem(&svc_ifaddrs, &ifindex);
+		if (!node)
+			return TC_ACT_SHOT;
+		nat_saddr = *node;
+		nat_sport = snat_port(&p, nat_saddr, r.be_addr, r.be_port);
+		if (!nat_sport)
+			return TC_ACT_SHOT;
+		snat = 1;
+	}
+
+	struct ct_value fwd = {
+		.kind = CT_FWD,
+		.snat = snat,
+		.rev_nat_id = r.rev_nat_id,
+		.backend_id = r.backend_id,
+		.nat_daddr = r.be_addr,
+		.nat_saddr = nat_saddr,
+		.nat_dport = r.be_port,
+		.nat_sport = nat_sport,
+		.last_ns = now,
+	};
+	struct ct_key rk = {
+		.saddr = r.be_addr,
+		.daddr = nat_saddr,
+		.sport = r.be_port,
+		.dport = nat_sport,
+		.proto = p.proto,
+	};
+	struct ct_value rev = {
+		.kind = CT_REPLY,
+		.snat = snat,
+		.rev_nat_id = r.rev_nat_id,
+		.backend_id = r.backend_id,
+		.nat_daddr = p.saddr,
+		.nat_saddr = p.daddr,
+		.nat_dport = p.sport,
+		.nat_sport = p.dport,
+		.last_ns = now,
+	};
+	if (bpf_map_update_elem(&svc_ct, &rk, &rev, BPF_ANY) < 0 ||
+	    bpf_map_update_elem(&svc_ct, &ck, &fwd, BPF_ANY) < 0)
+		return TC_ACT_SHOT;
+	return nat(skb, &p, nat_saddr, nat_sport, r.be_addr, r.be_port);
+}
+
+SEC("tc")
+int svc_tc_egress(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct ct_value *ct;
+
+	if (parse(skb, &p) < 0)
+		return TC_ACT_UNSPEC;
+	struct ct_key ck = {
+		.saddr = p.saddr,
+		.daddr = p.daddr,
+		.sport = p.sport,
+		.dport = p.dport,
+		.proto = p.proto,
+	};
+	ct = bpf_map_lookup_elem(&svc_ct, &ck);
+	if (!ct || ct->kind != CT_REPLY || ct->snat)
+		return TC_ACT_UNSPEC;
+	ct->last_ns = bpf_ktime_get_ns();
+	/* Reply of a local backend to an outside client: restore the frontend as source. */
+	return nat(skb, &p, ct->nat_saddr, ct->nat_sport, p.daddr, p.dport);
+}
+
+/* ------------------------------------------------- connected UDP sockets to gone backends */
+
+SEC("iter/udp")
+int svc_destroy_udp(struct bpf_iter__udp *ctx)
+{
+	struct udp_sock *udp = ctx->udp_sk;
+	struct sock_common *sk;
+	struct destroy_key dk = {};
+	struct sock_revnat_key rk = {};
+
+	if (!udp)
+		return 0;
+	sk = (struct sock_common *)udp;
+	if (sk->skc_family != SVC_AF_INET || sk->skc_daddr == 0)
+		return 0;
+	dk.addr = sk->skc_daddr;
+	dk.port = sk->skc_dport;
+	dk.proto = SVC_PROTO_UDP;
+	if (!bpf_map_lookup_elem(&svc_destroy, &dk))
+		return 0;
+	/* Only sockets that socket-LB sent to that backend, not every socket talking to it. */
+	rk.cookie = bpf_get_socket_cookie(sk);
+	rk.addr = dk.addr;
+	rk.port = dk.port;
+	if (!bpf_map_lookup_elem(&svc_sock_revnat, &rk))
+		return 0;
+	bpf_sock_destroy(sk);
+	bpf_map_delete_elem(&svc_sock_revnat, &rk);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------- tests */
+
+/* svc_test_select runs lb_select on a struct lb_req given as context (BPF_PROG_TEST_RUN),
+ * because the kernel cannot test-run cgroup sock_addr programs. */
+SEC("syscall")
+int svc_test_select(struct lb_req *r)
+{
+	return lb_select(r);
+}
