@@ -17,7 +17,8 @@ const (
 
 // Environment variables that point the harness at prebuilt binaries.
 const (
-	// EnvSvcproxyBin is the svcproxy binary to test; built from SvcproxyPkg when unset.
+	// EnvSvcproxyBin is the svcproxy binary to test, or a directory holding it (bin/ after
+	// `make build`); built from SvcproxyPkg when unset.
 	EnvSvcproxyBin = "SVCPROXY_BIN"
 	// EnvPodServerBin is the podserver binary; built from PodServerPkg when unset.
 	EnvPodServerBin = "SVCPROXY_PODSERVER_BIN"
@@ -44,6 +45,10 @@ func binary(ctx context.Context, env, pkg, dir, name string) (string, error) {
 		abs, err := filepath.Abs(p)
 		if err != nil {
 			return "", err
+		}
+		// A directory (such as bin/ after `make build`) holds the binary under its name.
+		if fi, err := os.Stat(abs); err == nil && fi.IsDir() {
+			abs = filepath.Join(abs, name)
 		}
 		if _, err := os.Stat(abs); err != nil {
 			return "", fmt.Errorf("netns: $%s=%s: %w", env, p, err)

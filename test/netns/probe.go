@@ -66,6 +66,8 @@ type ProbeSpec struct {
 	Parallel int
 	// Source binds the client socket to this local address when valid.
 	Source netip.Addr
+	// Path is the HTTP path to GET (Proto HTTP only); "/" when empty.
+	Path string
 }
 
 // ProbeResult counts the outcomes of a probe.
@@ -149,6 +151,9 @@ func (s *Sandbox) Probe(ctx context.Context, ns *Namespace, spec ProbeSpec) (Pro
 		"--proto", string(spec.Proto), "--addr", spec.Addr.String(),
 		"--count", strconv.Itoa(spec.Count), "--timeout", spec.Timeout.String(),
 		"--parallel", strconv.Itoa(spec.Parallel)}
+	if spec.Path != "" {
+		argv = append(argv, "--path", spec.Path)
+	}
 	if spec.Source.IsValid() {
 		argv = append(argv, "--source", spec.Source.String())
 	}

@@ -170,6 +170,7 @@ func probe(args []string) error {
 	timeout := fs.Duration("timeout", 2*time.Second, "per-connection timeout")
 	parallel := fs.Int("parallel", 4, "connections in flight at once")
 	source := fs.String("source", "", "local IP to bind (optional)")
+	path := fs.String("path", "/", "HTTP path to GET (--proto http)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -189,7 +190,7 @@ func probe(args []string) error {
 		go func() {
 			defer wg.Done()
 			for i := range jobs {
-				line, err := once(*proto, *addr, *source, *timeout)
+				line, err := once(*proto, *addr, *path, *source, *timeout)
 				mu.Lock()
 				seq[i] = record(&res, line, err)
 				mu.Unlock()
@@ -236,7 +237,7 @@ func isTimeout(err error) bool {
 }
 
 // once makes one connection and returns the server's line.
-func once(proto, addr, source string, timeout time.Duration) (string, error) {
+func once(proto, addr, path, source string, timeout time.Duration) (string, error) {
 	deadline := time.Now().Add(timeout)
 	d := net.Dialer{Deadline: deadline}
 	switch proto {
@@ -251,7 +252,7 @@ func once(proto, addr, source string, timeout time.Duration) (string, error) {
 		defer c.Close()
 		c.SetDeadline(deadline)
 		if proto == "http" {
-			if _, err := fmt.Fprintf(c, "GET / HTTP/1.0\r\nHost: %s\r\n\r\n", addr); err != nil {
+			if _, err := fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, addr); err != nil {
 				return "", err
 			}
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
@@ -265,6 +266,9 @@ func once(proto, addr, source string, timeout time.Duration) (string, error) {
 			}
 			if resp.StatusCode != http.StatusOK {
 				return "", fmt.Errorf("http status %d", resp.StatusCode)
+			}
+			if len(body) == 0 {
+				body = []byte("(empty)")
 			}
 			return string(body), nil
 		}

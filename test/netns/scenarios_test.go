@@ -1,0 +1,564 @@
+package netns
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// EnvModes lists the backends the scenarios run against, comma-separated.
+const EnvModes = "SVCPROXY_TEST_MODES"
+
+// Services every scenario's daemon starts with. Pods pod-a, pod-b and pod-c serve TCP 8080,
+// UDP 5353 and HTTP 8081; "client" is a pod without a server.
+var (
+	webVIP    = netip.MustParseAddr("10.96.0.10")
+	dnsVIP    = netip.MustParseAddr("10.96.0.53")
+	emptyVIP  = netip.MustParseAddr("10.96.0.20")
+	selfVIP   = netip.MustParseAddr("10.96.0.30")
+	stickyVIP = netip.MustParseAddr("10.96.0.40")
+	npVIP     = netip.MustParseAddr("10.96.0.50")
+	localVIP  = netip.MustParseAddr("10.96.0.51")
+	extVIP    = netip.MustParseAddr("10.96.0.60")
+	// externalIP is outside every range the node owns; the external client routes it via the node.
+	externalIP = netip.MustParseAddr("172.31.0.200")
+)
+
+const (
+	nodeName      = "node1"
+	webPort       = 80
+	dnsPort       = 53
+	npPort        = 30080
+	localNodePort = 30081
+
+	readyTimeout  = 60 * time.Second
+	reloadTimeout = 15 * time.Second
+	// spreadConns connections over spreadPods pods, each pod must get at least
+	// spreadMinShare of them.
+	spreadConns    = 300
+	spreadMinShare = 0.15
+)
+
+// Spread check, false-failure probability: with a uniform pick over 3 pods, the count of one
+// pod in 300 connections is Binomial(300, 1/3) (mean 100, sd 8.2). Failing needs fewer than
+// 45 (15%), 6.7 sd below the mean: P(X < 45) = 1.7e-13 exactly (sum of the binomial terms),
+// so P(any of the 3 pods) <= 5.1e-13 by the union bound. A run of the whole table (a few such
+// checks per mode) has a false-failure probability below 1e-11.
+
+// env is one scenario's world: a sandbox with three serving pods, a client pod and the
+// external client, and a running svcproxy in the node namespace.
+type env struct {
+	t      *testing.T
+	ctx    context.Context
+	mode   string
+	s      *Sandbox
+	d      *Daemon
+	a      *Pod
+	b      *Pod
+	c      *Pod
+	client *Pod
+	// snapshots a scenario took (before hooks record the untouched node here).
+	snapshots []Snapshot
+}
+
+// services is the daemon's initial set.
+func (e *env) services() []Service {
+	all := ReadyEndpoints(nodeName, e.a, e.b, e.c)
+	tcp := []ServicePort{{Name: "http", Protocol: "TCP", Port: webPort, TargetPort: 8080}}
+	return []Service{
+		{Name: "web", ClusterIP: webVIP.String(), Ports: tcp, Endpoints: all},
+		{Name: "dns", ClusterIP: dnsVIP.String(), Ports: []ServicePort{{Name: "dns", Protocol: "UDP", Port: dnsPort, TargetPort: 5353}}, Endpoints: all},
+		{Name: "empty", ClusterIP: emptyVIP.String(), Ports: []ServicePort{
+			{Name: "http", Protocol: "TCP", Port: webPort, TargetPort: 8080},
+			{Name: "dns", Protocol: "UDP", Port: dnsPort, TargetPort: 5353}}},
+		{Name: "self", ClusterIP: selfVIP.String(), Ports: tcp, Endpoints: ReadyEndpoints(nodeName, e.a)},
+		{Name: "sticky", ClusterIP: stickyVIP.String(), SessionAffinity: "ClientIP", SessionAffinityTimeoutSeconds: 600, Ports: tcp, Endpoints: all},
+		{Name: "np", Type: "NodePort", ClusterIP: npVIP.String(), ExternalTrafficPolicy: "Cluster",
+			Ports: []ServicePort{{Name: "http", Protocol: "TCP", Port: webPort, TargetPort: 8080, NodePort: npPort}}, Endpoints: all},
+		{Name: "np-local", Type: "NodePort", ClusterIP: localVIP.String(), ExternalTrafficPolicy: "Local",
+			Ports: []ServicePort{{Name: "http", Protocol: "TCP", Port: webPort, TargetPort: 8080, NodePort: localNodePort}}, Endpoints: all},
+		{Name: "ext", ClusterIP: extVIP.String(), ExternalIPs: []string{externalIP.String()}, Ports: tcp, Endpoints: all},
+	}
+}
+
+func (e *env) config(services []Service) *ProxyConfig {
+	cfg := BaseConfig(nodeName, e.mode)
+	cfg.Services = services
+	return cfg
+}
+
+// withWeb returns the initial services with web's endpoints replaced.
+func (e *env) withWeb(pods ...*Pod) []Service {
+	svcs := e.services()
+	for i := range svcs {
+		if svcs[i].Name == "web" {
+			svcs[i].Endpoints = ReadyEndpoints(nodeName, pods...)
+		}
+	}
+	return svcs
+}
+
+func (e *env) probe(from *Namespace, spec ProbeSpec) ProbeResult {
+	e.t.Helper()
+	res, err := e.s.Probe(e.ctx, from, spec)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return res
+}
+
+// requireSpread checks that every connection was answered and each of pods got at least
+// spreadMinShare of them.
+func (e *env) requireSpread(what string, res ProbeResult, pods ...*Pod) {
+	e.t.Helper()
+	if res.Failed() != 0 {
+		e.t.Errorf("%s: %d of %d connections failed: %v", what, res.Failed(), res.Total(), res)
+	}
+	min := int(spreadMinShare * float64(res.Total()))
+	want := map[string]bool{}
+	for _, p := range pods {
+		want[p.PodName] = true
+		if res.Replies[p.PodName] < min {
+			e.t.Errorf("%s: %s answered %d of %d connections, want at least %d (%.0f%%): %v", what, p.PodName, res.Replies[p.PodName], res.Total(), min, 100*spreadMinShare, res)
+		}
+	}
+	for name, n := range res.Replies {
+		if !want[name] {
+			e.t.Errorf("%s: %s answered %d connections but is not an endpoint: %v", what, name, n, res)
+		}
+	}
+}
+
+// requireAll checks that all n connections were answered by pods in the given set.
+func (e *env) requireAll(what string, res ProbeResult, n int, pods ...*Pod) {
+	e.t.Helper()
+	ok := 0
+	for _, p := range pods {
+		ok += res.Replies[p.PodName]
+	}
+	if ok != n || res.Total() != n {
+		e.t.Errorf("%s: want all %d connections answered by %v, got %v", what, n, podNames(pods), res)
+	}
+}
+
+func podNames(pods []*Pod) []string {
+	var n []string
+	for _, p := range pods {
+		n = append(n, p.PodName)
+	}
+	return n
+}
+
+func (e *env) web() netip.AddrPort { return netip.AddrPortFrom(webVIP, webPort) }
+
+// scenario is one row of the table. before runs after the topology and servers are up and
+// before the daemon starts (nil: nothing).
+type scenario struct {
+	name   string
+	before func(e *env)
+	run    func(e *env)
+}
+
+var scenarios = []scenario{
+	{name: "spread from node", run: func(e *env) {
+		res := e.probe(e.s.Node, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns})
+		e.requireSpread("node -> web VIP", res, e.a, e.b, e.c)
+	}},
+	{name: "spread from pod", run: func(e *env) {
+		res := e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns})
+		e.requireSpread("client pod -> web VIP", res, e.a, e.b, e.c)
+		// Traffic between pods is not masqueraded: the pods see the client's own address.
+		if res.Peers[e.client.IP.String()] != res.OK() {
+			e.t.Errorf("pods should see the client pod's address %s on every connection, saw %v", e.client.IP, res.Peers)
+		}
+	}},
+	{name: "hairpin", run: func(e *env) {
+		// "self" has pod-a as its only endpoint: pod-a reaches itself through the VIP.
+		res := e.probe(&e.a.Namespace, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(selfVIP, webPort), Count: 30})
+		e.requireAll("pod-a -> self VIP -> pod-a", res, 30, e.a)
+		e.t.Logf("hairpin peers seen by pod-a: %v", res.Peers)
+		if res.Peers[e.a.IP.String()] != 0 {
+			e.t.Errorf("hairpin traffic must be masqueraded (else the reply never returns through the VIP), pod-a saw itself as peer: %v", res.Peers)
+		}
+	}},
+	{name: "endpoint removed by reload", run: func(e *env) {
+		res := e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns})
+		e.requireSpread("before reload", res, e.a, e.b, e.c)
+
+		before, err := e.d.Status(e.ctx)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if err := e.d.WriteConfig(e.config(e.withWeb(e.a, e.b))); err != nil {
+			e.t.Fatal(err)
+		}
+		written := time.Now()
+		// pod-c must get no new connection once 1 s has passed since the write. Batches of
+		// connections run until one has no pod-c; the wait for that is bounded by 1 s.
+		deadline := written.Add(time.Second)
+		for {
+			r := e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: 12, Parallel: 4})
+			if r.Replies["pod-c"] == 0 && r.Failed() == 0 {
+				e.t.Logf("pod-c stopped receiving connections %v after the config was written", time.Since(written).Round(time.Millisecond))
+				break
+			}
+			if time.Now().After(deadline) {
+				e.t.Fatalf("pod-c still receives new connections 1 s after it was removed from the config: last batch %v", r)
+			}
+		}
+		if _, err := e.d.WaitApplied(e.ctx, before.DesiredGeneration, reloadTimeout); err != nil {
+			e.t.Fatal(err)
+		}
+		res = e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns})
+		if res.Replies["pod-c"] != 0 {
+			e.t.Errorf("removed endpoint pod-c still answered %d connections after the reload was applied: %v", res.Replies["pod-c"], res)
+		}
+		e.requireSpread("after removing pod-c", res, e.a, e.b)
+
+		// And back: pod-c is an endpoint again.
+		if _, err := e.d.Reload(e.ctx, e.config(e.services()), reloadTimeout); err != nil {
+			e.t.Fatal(err)
+		}
+		res = e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns})
+		e.requireSpread("after adding pod-c back", res, e.a, e.b, e.c)
+	}},
+	{name: "no endpoints is refused at once", run: func(e *env) {
+		// A timeout here would mean the packets are dropped instead of rejected.
+		for _, spec := range []ProbeSpec{
+			{Proto: TCP, Addr: netip.AddrPortFrom(emptyVIP, webPort), Count: 10, Timeout: 3 * time.Second},
+			{Proto: UDP, Addr: netip.AddrPortFrom(emptyVIP, dnsPort), Count: 10, Timeout: 3 * time.Second},
+		} {
+			for _, from := range []*Namespace{&e.client.Namespace, e.s.Node} {
+				res := e.probe(from, spec)
+				if res.Refused != spec.Count {
+					e.t.Errorf("%s %s from %s (no endpoints): want all %d refused, got %v", spec.Proto, spec.Addr, from.Name, spec.Count, res)
+				}
+			}
+		}
+	}},
+	{name: "invalid reload keeps traffic", run: func(e *env) {
+		good, err := e.d.Status(e.ctx)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		bad, err := e.config(e.withWeb(e.a)).Marshal()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		// Same config with pod-a only, but one VIP is not an IP: the whole file is invalid,
+		// so web must keep all three endpoints.
+		bad = []byte(strings.Replace(string(bad), selfVIP.String(), "10.96.0.300", 1))
+		st, err := e.d.ReloadInvalid(e.ctx, bad, reloadTimeout)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		e.t.Logf("status shows config error: %s", st.ConfigError)
+		if st.AppliedGeneration != good.AppliedGeneration {
+			e.t.Errorf("applied generation moved from %d to %d on an invalid config", good.AppliedGeneration, st.AppliedGeneration)
+		}
+		res := e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns})
+		e.requireSpread("after invalid reload", res, e.a, e.b, e.c)
+
+		// A valid file again clears the error and is applied.
+		if _, err := e.d.Reload(e.ctx, e.config(e.withWeb(e.a)), reloadTimeout); err != nil {
+			e.t.Fatal(err)
+		}
+		res = e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: 30})
+		e.requireAll("after fixing the config", res, 30, e.a)
+	}},
+	{name: "traffic survives SIGTERM and restart", run: func(e *env) { stopAndRestart(e, syscall.SIGTERM) }},
+	{name: "traffic survives SIGKILL and restart", run: func(e *env) { stopAndRestart(e, syscall.SIGKILL) }},
+	{name: "cleanup leaves the ruleset as found",
+		before: func(e *env) {
+			// Rules of someone else in the node: cleanup must leave them alone too.
+			in := []string{"ip", "netns", "exec", e.s.Node.Name}
+			if err := runAll(e.ctx,
+				append(in, "iptables", "-w", "-t", "nat", "-N", "OTHER-NAT"),
+				append(in, "iptables", "-w", "-t", "nat", "-A", "OTHER-NAT", "-d", "10.96.99.99/32", "-j", "RETURN"),
+				append(in, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-j", "OTHER-NAT"),
+				append(in, "iptables", "-w", "-A", "FORWARD", "-s", "10.244.1.250/32", "-j", "ACCEPT"),
+			); err != nil {
+				e.t.Fatal(err)
+			}
+			snap, err := e.s.Snapshot(e.ctx, e.s.Node)
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			e.snapshots = append(e.snapshots, snap)
+		},
+		run: func(e *env) {
+			e.requireSpread("web before cleanup", e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns}), e.a, e.b, e.c)
+			during, err := e.s.Snapshot(e.ctx, e.s.Node)
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			if during.Diff(e.snapshots[0]) == "" {
+				e.t.Fatalf("svcproxy changed nothing in the node namespace, yet the VIP works?")
+			}
+			if err := e.d.Stop(e.ctx, syscall.SIGTERM, 30*time.Second); err != nil {
+				e.t.Fatalf("svcproxy exit after SIGTERM: %v", err)
+			}
+			out, err := e.d.Cleanup(e.ctx)
+			e.t.Logf("svcproxy cleanup:\n%s", out)
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			after, err := e.s.Snapshot(e.ctx, e.s.Node)
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			if d := e.snapshots[0].Diff(after); d != "" {
+				e.t.Errorf("node namespace after svcproxy cleanup differs from before svcproxy started (- before, + after):\n%s", d)
+			}
+			res := e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: 5, Timeout: time.Second})
+			if res.OK() != 0 {
+				e.t.Errorf("the VIP still answers after cleanup: %v", res)
+			}
+			// A second cleanup with nothing to remove succeeds.
+			if out, err := e.d.Cleanup(e.ctx); err != nil {
+				e.t.Errorf("second cleanup: %v\n%s", err, out)
+			}
+		}},
+	{name: "UDP through the VIP", run: func(e *env) {
+		res := e.probe(&e.client.Namespace, ProbeSpec{Proto: UDP, Addr: netip.AddrPortFrom(dnsVIP, dnsPort), Count: spreadConns})
+		e.requireSpread("client pod -> dns VIP (UDP)", res, e.a, e.b, e.c)
+		res = e.probe(e.s.Node, ProbeSpec{Proto: UDP, Addr: netip.AddrPortFrom(dnsVIP, dnsPort), Count: spreadConns})
+		e.requireSpread("node -> dns VIP (UDP)", res, e.a, e.b, e.c)
+	}},
+	{name: "NodePort from the external client", run: func(e *env) {
+		res := e.probe(e.s.External, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(NodeUnderlayIP, npPort), Count: spreadConns})
+		e.requireSpread("external -> node:30080", res, e.a, e.b, e.c)
+		// externalTrafficPolicy Cluster: traffic from outside clusterCIDR is masqueraded.
+		if n := res.Peers[ExternalClientIP.String()]; n != 0 {
+			e.t.Errorf("externalTrafficPolicy Cluster: %d connections reached pods with the external client's address unmasqueraded: %v", n, res.Peers)
+		}
+		// The NodePort answers on every local address, the bridge's too, for pods.
+		res = e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(Gateway, npPort), Count: 30})
+		e.requireAll("client pod -> gateway:30080", res, 30, e.a, e.b, e.c)
+		// And through its ClusterIP from outside (the external client routes the service range
+		// via the node).
+		res = e.probe(e.s.External, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(npVIP, webPort), Count: 30})
+		e.requireAll("external -> np ClusterIP", res, 30, e.a, e.b, e.c)
+	}},
+	{name: "sessionAffinity ClientIP pins a client", run: func(e *env) {
+		// Without affinity, 100 connections land on one pod with probability 3*(1/3)^100.
+		res := e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(stickyVIP, webPort), Count: 100})
+		if res.Failed() != 0 || len(res.Replies) != 1 {
+			e.t.Errorf("client pod -> sticky VIP: want all 100 connections on one pod, got %v", res)
+		}
+		// The same service without affinity spreads (so the check above means something).
+		res = e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns})
+		e.requireSpread("client pod -> web VIP", res, e.a, e.b, e.c)
+	}},
+	{name: "externalTrafficPolicy Local keeps the client IP", run: func(e *env) {
+		res := e.probe(e.s.External, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(NodeUnderlayIP, localNodePort), Count: 60})
+		e.requireAll("external -> node:30081 (Local)", res, 60, e.a, e.b, e.c)
+		if res.Peers[ExternalClientIP.String()] != res.OK() {
+			e.t.Errorf("externalTrafficPolicy Local: pods must see the client's address %s on every connection, saw %v", ExternalClientIP, res.Peers)
+		}
+	}},
+	{name: "externalIP from the external client",
+		before: func(e *env) {
+			if err := e.s.RouteVia(e.ctx, netip.PrefixFrom(externalIP, 32)); err != nil {
+				e.t.Fatal(err)
+			}
+		},
+		run: func(e *env) {
+			res := e.probe(e.s.External, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(externalIP, webPort), Count: spreadConns})
+			e.requireSpread("external -> externalIP:80", res, e.a, e.b, e.c)
+		}},
+}
+
+// stopAndRestart stops the daemon with sig, checks traffic still flows with no daemon, then
+// starts it again while a prober runs, and checks that no connection failed meanwhile.
+func stopAndRestart(e *env, sig syscall.Signal) {
+	err := e.d.Stop(e.ctx, sig, 30*time.Second)
+	if sig == syscall.SIGTERM && err != nil {
+		e.t.Errorf("svcproxy should exit 0 on SIGTERM, got %v", err)
+	}
+	res := e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns})
+	e.requireSpread(fmt.Sprintf("daemon stopped by %v", sig), res, e.a, e.b, e.c)
+	res = e.probe(&e.client.Namespace, ProbeSpec{Proto: UDP, Addr: netip.AddrPortFrom(dnsVIP, dnsPort), Count: 30})
+	e.requireAll(fmt.Sprintf("UDP, daemon stopped by %v", sig), res, 30, e.a, e.b, e.c)
+
+	bg := startBackgroundProbe(e, &e.client.Namespace, e.web())
+	if err := e.d.Start(e.ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.d.WaitReady(e.ctx, readyTimeout); err != nil {
+		bg.stop()
+		e.t.Fatal(err)
+	}
+	// A few more rounds after ready, then stop the prober.
+	bg.waitRounds(3)
+	total := bg.stop()
+	e.t.Logf("connections during restart: %v", total)
+	if total.Failed() != 0 || total.OK() == 0 {
+		e.t.Errorf("connections failed while svcproxy restarted (rules flushed on start?): %v, sequence %v", total, total.Sequence)
+	}
+	res = e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns})
+	e.requireSpread("after restart", res, e.a, e.b, e.c)
+}
+
+// backgroundProbe runs small probe batches until stopped and adds up what they saw.
+type backgroundProbe struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	mu     sync.Mutex
+	total  ProbeResult
+	rounds int
+	err    error
+}
+
+func startBackgroundProbe(e *env, from *Namespace, addr netip.AddrPort) *backgroundProbe {
+	ctx, cancel := context.WithCancel(e.ctx)
+	bg := &backgroundProbe{cancel: cancel, done: make(chan struct{}),
+		total: ProbeResult{Replies: map[string]int{}, Peers: map[string]int{}, Errors: map[string]int{}}}
+	go func() {
+		defer close(bg.done)
+		// Bounded: at most 2000 rounds (a few minutes), whatever happens.
+		for i := 0; i < 2000 && ctx.Err() == nil; i++ {
+			r, err := e.s.Probe(ctx, from, ProbeSpec{Proto: TCP, Addr: addr, Count: 10, Parallel: 2, Timeout: time.Second})
+			if ctx.Err() != nil {
+				return
+			}
+			bg.mu.Lock()
+			if err != nil {
+				bg.err = err
+				bg.mu.Unlock()
+				return
+			}
+			bg.total.add(r)
+			bg.rounds++
+			bg.mu.Unlock()
+		}
+	}()
+	return bg
+}
+
+func (bg *backgroundProbe) waitRounds(n int) {
+	bg.mu.Lock()
+	target := bg.rounds + n
+	bg.mu.Unlock()
+	for i := 0; i < 600; i++ {
+		bg.mu.Lock()
+		r := bg.rounds
+		bg.mu.Unlock()
+		if r >= target {
+			return
+		}
+		select {
+		case <-bg.done:
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (bg *backgroundProbe) stop() ProbeResult {
+	bg.cancel()
+	<-bg.done
+	bg.mu.Lock()
+	defer bg.mu.Unlock()
+	if bg.err != nil {
+		bg.total.Errors["probe: "+bg.err.Error()]++
+	}
+	return bg.total
+}
+
+func (r *ProbeResult) add(o ProbeResult) {
+	for k, v := range o.Replies {
+		r.Replies[k] += v
+	}
+	for k, v := range o.Peers {
+		r.Peers[k] += v
+	}
+	for k, v := range o.Errors {
+		r.Errors[k] += v
+	}
+	r.Refused += o.Refused
+	r.Unreachable += o.Unreachable
+	r.Timeout += o.Timeout
+	r.Sequence = append(r.Sequence, o.Sequence...)
+}
+
+// modes returns the backends to test: $SVCPROXY_TEST_MODES, iptables by default.
+func modes() []string {
+	v := os.Getenv(EnvModes)
+	if v == "" {
+		return []string{"iptables"}
+	}
+	var m []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			m = append(m, s)
+		}
+	}
+	return m
+}
+
+// TestScenarios runs every scenario against every backend mode, each in a sandbox of its own
+// with its own svcproxy.
+func TestScenarios(t *testing.T) {
+	RequireRoot(t)
+	for _, mode := range modes() {
+		t.Run(mode, func(t *testing.T) {
+			for _, sc := range scenarios {
+				t.Run(sc.name, func(t *testing.T) {
+					t.Parallel()
+					e := setupEnv(t, mode)
+					if sc.before != nil {
+						sc.before(e)
+					}
+					e.startDaemon()
+					sc.run(e)
+				})
+			}
+		})
+	}
+}
+
+func setupEnv(t *testing.T, mode string) *env {
+	t.Helper()
+	bin, err := bins.svcproxy()
+	if err != nil {
+		t.Fatalf("svcproxy binary: %v", err)
+	}
+	s := newSandbox(t, Options{
+		Pods:     []PodSpec{{Name: "pod-a"}, {Name: "pod-b"}, {Name: "pod-c"}, {Name: "client"}},
+		External: true,
+		Cgroup:   true,
+	})
+	e := &env{t: t, ctx: context.Background(), mode: mode, s: s,
+		a: s.Pod("pod-a"), b: s.Pod("pod-b"), c: s.Pod("pod-c"), client: s.Pod("client")}
+	for _, p := range []*Pod{e.a, e.b, e.c} {
+		if _, err := s.StartServer(e.ctx, p, ServeSpec{TCP: []uint16{8080}, UDP: []uint16{5353}, HTTP: []uint16{8081}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.d = s.NewDaemon(DaemonOptions{Bin: bin, Mode: mode, NodeName: nodeName})
+	return e
+}
+
+func (e *env) startDaemon() {
+	e.t.Helper()
+	if err := e.d.WriteConfig(e.config(e.services())); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.d.Start(e.ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	st, err := e.d.WaitReady(e.ctx, readyTimeout)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if st.Mode != e.mode {
+		e.t.Fatalf("svcproxy runs mode %q (%s), the test asked for %q", st.Mode, st.ModeReason, e.mode)
+	}
+}
