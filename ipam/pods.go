@@ -524,9 +524,9 @@ func (a *PodAllocator) GC(ctx context.Context, valid []Attachment) ([]PodAllocat
 
 // PodUsage is the pod allocator's status.
 type PodUsage struct {
-	Ranges []RangeUsage     `json:"ranges"`
-	Pods   []PodAllocation  `json:"pods"`
-	Items  []Allocation     `json:"items"` // every pod IP allocated or cooling down
+	Ranges []RangeUsage    `json:"ranges"`
+	Pods   []PodAllocation `json:"pods"`
+	Items  []Allocation    `json:"items"` // every pod IP allocated or cooling down
 }
 
 // Status returns the usage of each pod range (size, used, free, cooling down) and every pod

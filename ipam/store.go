@@ -281,7 +281,7 @@ func decodeRecord(v []byte) (*record, error) {
 
 // pool is one pool's buckets inside a transaction.
 type pool struct {
-	name                   string
+	name                  string
 	items, users, cursors *bolt.Bucket
 }
 
