@@ -103,7 +103,7 @@ type Kind string
 const (
 	KindPod      Kind = "pod"
 	KindService  Kind = "service"
-	KindNodePort Kind = "nodeport"
+	KindNodePort Kind = "nodePort"
 )
 
 // space is one range that allocations are made from: a pod CIDR, a service CIDR or the node
