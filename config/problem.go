@@ -1,0 +1,106 @@
+package config
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Problem is one thing wrong in a config file, located as precisely as the file allows.
+type Problem struct {
+	File   string
+	Line   int // 1-based; 0 when unknown
+	Column int // 1-based; 0 when unknown
+	// Field is the path of the offending field inside its YAML document, e.g.
+	// "services[1].ports[0].nodePort" or "spec.clusterIP"; "" for the document itself.
+	Field   string
+	Message string
+}
+
+// String renders p as "FILE:LINE:COL: field: message" (the field part is left out when empty).
+func (p Problem) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s:%d:%d: ", p.File, p.Line, p.Column)
+	if p.Field != "" {
+		b.WriteString(p.Field)
+		b.WriteString(": ")
+	}
+	b.WriteString(p.Message)
+	return b.String()
+}
+
+// Error is every problem found in one config file. Load and Parse return it (as error) when
+// the content is invalid; use errors.As to get at the problems.
+type Error struct {
+	Problems []Problem
+}
+
+// Error renders every problem, one per line, in file order.
+func (e *Error) Error() string {
+	lines := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		lines[i] = p.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// sortProblems orders problems by position, keeping the order of discovery for equal ones.
+func sortProblems(ps []Problem) {
+	sort.SliceStable(ps, func(i, j int) bool {
+		if ps[i].File != ps[j].File {
+			return ps[i].File < ps[j].File
+		}
+		if ps[i].Line != ps[j].Line {
+			return ps[i].Line < ps[j].Line
+		}
+		return ps[i].Column < ps[j].Column
+	})
+}
+
+// pos is a position in the file.
+type pos struct{ line, col int }
+
+// doc is one YAML document of the file being checked: where its fields are, and where its
+// problems go.
+type doc struct {
+	file  string
+	index int // 0-based document index
+	start pos
+	kind  string
+	// at maps a field path ("services[0].ports[1].port") to the position of its key (or, for a
+	// sequence item, of the item).
+	at    map[string]pos
+	probs *[]Problem
+}
+
+// where returns the position of path, or of its nearest recorded ancestor.
+func (d *doc) where(path string) pos {
+	for p := path; ; {
+		if at, ok := d.at[p]; ok {
+			return at
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i <= 0 {
+			return d.start
+		}
+		p = p[:i]
+	}
+}
+
+// addf records a problem at path.
+func (d *doc) addf(path, format string, args ...any) {
+	at := d.where(path)
+	*d.probs = append(*d.probs, Problem{File: d.file, Line: at.line, Column: at.col, Field: path, Message: fmt.Sprintf(format, args...)})
+}
+
+// line returns the line of path, for messages that point at another definition.
+func (d *doc) line(path string) int { return d.where(path).line }
+
+func join(parent, child string) string {
+	if parent == "" {
+		return child
+	}
+	return parent + "." + child
+}
+
+func index(parent string, i int) string { return fmt.Sprintf("%s[%d]", parent, i) }

@@ -1,0 +1,292 @@
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"reflect"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// The walker reads a YAML node tree against a Go type (described by its json tags, as the
+// Kubernetes API types are), so that every unknown field and every mistyped value is reported
+// with its line, at any depth, instead of only the first as a decoder would. It returns a
+// generic value (maps, slices, scalars) that encoding/json then decodes into the type; it also
+// records where each field was, so later checks can point at it.
+
+var (
+	intOrStringType   = reflect.TypeOf(intstr.IntOrString{})
+	jsonUnmarshalType = reflect.TypeOf((*json.Unmarshaler)(nil)).Elem()
+)
+
+// decodeNode reads n into out (a pointer to a struct with json tags), recording positions and
+// problems in d. It reports whether n was decoded without problems.
+func decodeNode(d *doc, n *yaml.Node, out any) bool {
+	before := len(*d.probs)
+	v := walk(d, n, reflect.TypeOf(out).Elem(), "")
+	if len(*d.probs) != before {
+		return false
+	}
+	b, err := json.Marshal(v)
+	if err == nil {
+		err = json.Unmarshal(b, out)
+	}
+	if err != nil {
+		d.addf("", "cannot decode %s: %v", d.kind, err)
+		return false
+	}
+	return true
+}
+
+func nodeKind(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		if n.Tag == "!!str" {
+			return fmt.Sprintf("the string %q", n.Value)
+		}
+		return n.Value
+	}
+	return "something else"
+}
+
+func isNull(n *yaml.Node) bool {
+	return n == nil || (n.Kind == yaml.ScalarNode && n.Tag == "!!null")
+}
+
+// walk converts n to a generic value that encodes, as JSON, into type t. Problems are recorded
+// at path; the returned value is nil when n cannot be converted.
+func walk(d *doc, n *yaml.Node, t reflect.Type, path string) any {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	if isNull(n) {
+		return nil
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case t == intOrStringType:
+		if n.Kind != yaml.ScalarNode {
+			d.addf(path, "must be a number or a name, not %s", nodeKind(n))
+			return nil
+		}
+		if n.Tag == "!!int" {
+			return walkInt(d, n, reflect.TypeOf(int32(0)), path)
+		}
+		return n.Value
+	case reflect.PointerTo(t).Implements(jsonUnmarshalType):
+		var v any
+		if err := n.Decode(&v); err != nil {
+			d.addf(path, "%v", err)
+			return nil
+		}
+		b, err := json.Marshal(jsonable(v))
+		if err == nil {
+			err = json.Unmarshal(b, reflect.New(t).Interface())
+		}
+		if err != nil {
+			d.addf(path, "invalid value: %v", err)
+			return nil
+		}
+		return jsonable(v)
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		return walkStruct(d, n, t, path)
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			d.addf(path, "must be a mapping, not %s", nodeKind(n))
+			return nil
+		}
+		out := map[string]any{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			kp := join(path, k.Value)
+			if _, dup := out[k.Value]; dup {
+				d.at[kp+"#dup"] = pos{k.Line, k.Column}
+				d.addf(kp+"#dup", "key %q given twice", k.Value)
+				continue
+			}
+			d.at[kp] = pos{k.Line, k.Column}
+			if k.Kind != yaml.ScalarNode {
+				d.addf(kp, "keys must be strings")
+				continue
+			}
+			out[k.Value] = walk(d, v, t.Elem(), kp)
+		}
+		return out
+	case reflect.Slice, reflect.Array:
+		if n.Kind != yaml.SequenceNode {
+			d.addf(path, "must be a list, not %s", nodeKind(n))
+			return nil
+		}
+		out := make([]any, 0, len(n.Content))
+		for i, item := range n.Content {
+			ip := index(path, i)
+			d.at[ip] = pos{item.Line, item.Column}
+			out = append(out, walk(d, item, t.Elem(), ip))
+		}
+		return out
+	case reflect.String:
+		if n.Kind != yaml.ScalarNode {
+			d.addf(path, "must be a string, not %s", nodeKind(n))
+			return nil
+		}
+		return n.Value
+	case reflect.Bool:
+		var b bool
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" || n.Decode(&b) != nil {
+			d.addf(path, "must be true or false, not %s", nodeKind(n))
+			return nil
+		}
+		return b
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return walkInt(d, n, t, path)
+	case reflect.Float32, reflect.Float64:
+		var f float64
+		if n.Kind != yaml.ScalarNode || n.Decode(&f) != nil {
+			d.addf(path, "must be a number, not %s", nodeKind(n))
+			return nil
+		}
+		return f
+	case reflect.Interface:
+		var v any
+		if err := n.Decode(&v); err != nil {
+			d.addf(path, "%v", err)
+			return nil
+		}
+		return jsonable(v)
+	}
+	d.addf(path, "cannot read a value of Go type %s", t)
+	return nil
+}
+
+func walkInt(d *doc, n *yaml.Node, t reflect.Type, path string) any {
+	var i int64
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || n.Decode(&i) != nil {
+		d.addf(path, "must be an integer, not %s", nodeKind(n))
+		return nil
+	}
+	lo, hi := int64(math.MinInt64), int64(math.MaxInt64)
+	switch t.Kind() {
+	case reflect.Int8, reflect.Int16, reflect.Int32:
+		hi = int64(1)<<(t.Bits()-1) - 1
+		lo = -hi - 1
+	case reflect.Uint8, reflect.Uint16, reflect.Uint32:
+		lo, hi = 0, int64(1)<<t.Bits()-1
+	case reflect.Uint, reflect.Uint64:
+		lo = 0
+	}
+	if i < lo || i > hi {
+		d.addf(path, "%d is out of range [%d, %d]", i, lo, hi)
+		return nil
+	}
+	return i
+}
+
+// field describes one json field of a struct type.
+type field struct {
+	typ reflect.Type
+}
+
+func jsonFields(t reflect.Type, out map[string]field) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag := f.Tag.Get("json")
+		name, opts, _ := strings.Cut(tag, ",")
+		if name == "-" && opts == "" {
+			continue
+		}
+		ft := f.Type
+		if f.Anonymous && name == "" || strings.Contains(","+opts+",", ",inline,") && name == "" {
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				jsonFields(ft, out)
+				continue
+			}
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out[name] = field{typ: ft}
+	}
+}
+
+func walkStruct(d *doc, n *yaml.Node, t reflect.Type, path string) any {
+	if n.Kind != yaml.MappingNode {
+		d.addf(path, "must be a mapping, not %s", nodeKind(n))
+		return nil
+	}
+	fields := map[string]field{}
+	jsonFields(t, fields)
+	out := map[string]any{}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		kp := join(path, k.Value)
+		if seen[k.Value] {
+			d.at[kp+"#dup"] = pos{k.Line, k.Column}
+			d.addf(kp+"#dup", "field %q given twice", k.Value)
+			continue
+		}
+		seen[k.Value] = true
+		d.at[kp] = pos{k.Line, k.Column}
+		f, ok := fields[k.Value]
+		if !ok || k.Kind != yaml.ScalarNode {
+			d.addf(kp, "unknown field %q%s", k.Value, suggest(k.Value, fields))
+			continue
+		}
+		if val := walk(d, v, f.typ, kp); val != nil {
+			out[k.Value] = val
+		}
+	}
+	return out
+}
+
+// suggest returns ` (did you mean "x"?)` when a known field differs from name only in case.
+func suggest(name string, fields map[string]field) string {
+	for k := range fields {
+		if strings.EqualFold(k, name) {
+			return fmt.Sprintf(" (did you mean %q?)", k)
+		}
+	}
+	return ""
+}
+
+// jsonable turns what yaml decodes into interface{} into something encoding/json accepts
+// (maps with non-string keys are not).
+func jsonable(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			x[k] = jsonable(e)
+		}
+		return x
+	case map[any]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[fmt.Sprint(k)] = jsonable(e)
+		}
+		return m
+	case []any:
+		for i, e := range x {
+			x[i] = jsonable(e)
+		}
+		return x
+	}
+	return v
+}
