@@ -144,6 +144,8 @@ func New(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 			return nil, fmt.Errorf("netns: scratch dir: %w", err)
 		}
 		s.ownDir = true
+	} else if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("netns: scratch dir: %w", err)
 	}
 	defer func() {
 		if err != nil {
