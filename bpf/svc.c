@@ -376,7 +376,12 @@ int svc_destroy_udp(struct bpf_iter__udp *ctx)
 	rk.port = dk.port;
 	if (!bpf_map_lookup_elem(&svc_sock_revnat, &rk))
 		return 0;
-	bpf_sock_destroy(sk);
+	if (bpf_sock_destroy(sk) == 0) {
+		/* One byte per destroyed socket: the reader counts them. */
+		char one = '1';
+		struct bpf_iter_meta *meta = ctx->meta;
+		bpf_seq_write(meta->seq, &one, sizeof(one));
+	}
 	bpf_map_delete_elem(&svc_sock_revnat, &rk);
 	return 0;
 }

@@ -88,10 +88,11 @@ type SvcLbReq struct {
 }
 
 type SvcRevnatValue struct {
-	_    structs.HostLayout
-	Addr uint32
-	Port uint16
-	Pad  uint16
+	_     structs.HostLayout
+	Addr  uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
 }
 
 type SvcSockRevnatKey struct {

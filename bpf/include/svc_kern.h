@@ -41,8 +41,10 @@ struct udp_sock {
 	struct inet_sock inet;
 } __attribute__((preserve_access_index));
 
+struct seq_file;
+
 struct bpf_iter_meta {
-	void *seq;
+	struct seq_file *seq;
 	__u64 session_id;
 	__u64 seq_num;
 } __attribute__((preserve_access_index));

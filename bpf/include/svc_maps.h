@@ -62,7 +62,8 @@ struct backend_value {
 struct revnat_value {
 	__u32 addr;
 	__u16 port;
-	__u16 pad;
+	__u8 proto;
+	__u8 pad;
 };
 
 /* Socket-LB reverse map: which frontend a socket meant when it was sent to a backend. */

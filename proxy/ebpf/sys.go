@@ -1,0 +1,116 @@
+package ebpf
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// FallbackCgroupV2Path is where EnsureCgroupV2 mounts a cgroup v2 hierarchy when the host has
+// none mounted.
+const FallbackCgroupV2Path = "/run/svcproxy/cgroupv2"
+
+// EnsureCgroupV2 returns the root of a mounted cgroup v2 hierarchy: /sys/fs/cgroup (unified
+// hosts), /sys/fs/cgroup/unified (hybrid hosts) or FallbackCgroupV2Path. When none is
+// mounted it mounts cgroup2 at FallbackCgroupV2Path (there is a single v2 hierarchy, so this
+// is the same one systemd would use). It fails when the kernel has no cgroup2 or the mount is
+// refused.
+func EnsureCgroupV2() (string, error) {
+	for _, p := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified", FallbackCgroupV2Path} {
+		if ok, _ := isFS(p, unix.CGROUP2_SUPER_MAGIC); ok {
+			return p, nil
+		}
+	}
+	if err := os.MkdirAll(FallbackCgroupV2Path, 0o755); err != nil {
+		return "", fmt.Errorf("create %s: %w", FallbackCgroupV2Path, err)
+	}
+	if err := unix.Mount("cgroup2", FallbackCgroupV2Path, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return "", fmt.Errorf("mount cgroup2 at %s: %w", FallbackCgroupV2Path, err)
+	}
+	return FallbackCgroupV2Path, nil
+}
+
+// EnsureBPFFS makes sure dir is on a bpffs, mounting one there when it is not (the daemon
+// calls it with /sys/fs/bpf). Tests must mount their own instance in a private directory
+// instead: /sys/fs/bpf is shared by the whole machine.
+func EnsureBPFFS(dir string) error {
+	if ok, err := isFS(dir, unix.BPF_FS_MAGIC); err == nil && ok {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w", dir, err)
+	}
+	return nil
+}
+
+// isFS reports whether path (or, if missing, its nearest existing parent) lies on a
+// filesystem with the given magic.
+func isFS(path string, magic int64) (bool, error) {
+	p := filepath.Clean(path)
+	for {
+		var st unix.Statfs_t
+		err := unix.Statfs(p, &st)
+		if err == nil {
+			return int64(st.Type) == magic, nil
+		}
+		if !errors.Is(err, unix.ENOENT) || p == "/" {
+			return false, fmt.Errorf("statfs %s: %w", p, err)
+		}
+		p = filepath.Dir(p)
+	}
+}
+
+// cgroupID returns the id of the cgroup v2 directory path (its inode number).
+func cgroupID(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("stat cgroup %s: %w", path, err)
+	}
+	return st.Ino, nil
+}
+
+// localIPv4 returns the IPv4 addresses of every interface of the calling network namespace.
+func localIPv4() ([]netip.Addr, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for i := range ifs {
+		addrs, err := ifs[i].Addrs()
+		if err != nil {
+			return nil, fmt.Errorf("addresses of %s: %w", ifs[i].Name, err)
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() {
+					out = append(out, ip.Unmap())
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func firstIPv4(ifc *net.Interface) (netip.Addr, error) {
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() {
+				return ip.Unmap(), nil
+			}
+		}
+	}
+	return netip.Addr{}, errors.New("no IPv4 address to SNAT with")
+}
