@@ -1,0 +1,406 @@
+// Package iptables is svcproxy's iptables backend: it programs a model.State as
+// kube-proxy-compatible Service rules in chains of its own (prefixed SVCPROXY-), written with
+// one `iptables-restore --noflush` per table, so each table changes atomically.
+//
+// The package keeps three things apart: the Planner (render.go) is a pure function from
+// (what was written, the new State, what changed) to restore input; the Backend (this file) is
+// the thin part that runs iptables through a Runner; StaleConntrack computes which UDP
+// conntrack entries a sync makes stale. The tracer sub-package walks packets through rendered
+// rules for tests. docs/iptables.md describes the chain layout.
+package iptables
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	goiptables "github.com/coreos/go-iptables/iptables"
+
+	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/proxy/model"
+)
+
+// Options configures a Backend.
+type Options struct {
+	// IPFamily is IPv4 (default) or IPv6 (ip6tables). Dual-stack nodes run one Backend per
+	// family.
+	IPFamily Family
+	// Backend picks the iptables flavour: "nft", "legacy" or "auto" (default): the flavour
+	// `iptables` points to, unless only the other flavour holds rules.
+	Backend string
+	// MasqMark is the mark bit requesting masquerade; default DefaultMasqMark (0x8000).
+	MasqMark uint32
+	// LockWait is how long iptables waits for the xtables lock (-w); default 5 s.
+	LockWait time.Duration
+	// Logger receives sync details; default discards.
+	Logger *slog.Logger
+	// Runner runs the commands; default ExecRunner (the caller's network namespace).
+	Runner Runner
+}
+
+// Backend implements proxy.Backend with iptables.
+type Backend struct {
+	log     *slog.Logger
+	run     Runner
+	family  Family
+	flavour string // "nft" or "legacy"
+	bin     struct{ iptables, save, restore string }
+	wait    string
+
+	mu        sync.Mutex
+	planner   *Planner
+	written   *Written
+	lastState *model.State
+	needFull  bool
+	readKern  bool // read the kernel's chains before the next full sync
+}
+
+var _ proxy.Backend = (*Backend)(nil)
+
+// New returns a Backend for opts. It picks the iptables flavour (running `iptables
+// --version` and, for "auto", the save commands of both flavours) and checks the binaries;
+// it fails when they are missing or opts is invalid. It writes nothing.
+func New(ctx context.Context, opts Options) (*Backend, error) {
+	b := &Backend{log: opts.Logger, run: opts.Runner, family: opts.IPFamily, readKern: true, needFull: true}
+	if b.log == nil {
+		b.log = slog.New(slog.DiscardHandler)
+	}
+	if b.run == nil {
+		b.run = ExecRunner{}
+	}
+	if b.family == 0 {
+		b.family = IPv4
+	}
+	if b.family != IPv4 && b.family != IPv6 {
+		return nil, fmt.Errorf("iptables backend: IPFamily %d: must be 4 or 6", b.family)
+	}
+	if opts.MasqMark != 0 && opts.MasqMark&(opts.MasqMark-1) != 0 {
+		return nil, fmt.Errorf("iptables backend: MasqMark %#x: must be a single bit", opts.MasqMark)
+	}
+	wait := opts.LockWait
+	if wait <= 0 {
+		wait = 5 * time.Second
+	}
+	b.wait = strconv.Itoa(int((wait + time.Second - 1) / time.Second))
+
+	base := "iptables"
+	if b.family == IPv6 {
+		base = "ip6tables"
+	}
+	switch opts.Backend {
+	case "nft", "legacy":
+		b.flavour = opts.Backend
+	case "", "auto":
+		f, err := detectFlavour(ctx, b.run, base)
+		if err != nil {
+			return nil, err
+		}
+		b.flavour = f
+	default:
+		return nil, fmt.Errorf("iptables backend: Backend %q: must be auto, nft or legacy", opts.Backend)
+	}
+	b.bin.iptables = base + "-" + b.flavour
+	b.bin.save = base + "-" + b.flavour + "-save"
+	b.bin.restore = base + "-" + b.flavour + "-restore"
+
+	// go-iptables finds the binary and knows from its version whether MASQUERADE
+	// --random-fully is supported.
+	path, err := exec.LookPath(b.bin.iptables)
+	if err != nil {
+		return nil, fmt.Errorf("iptables backend: %s not found: %w", b.bin.iptables, err)
+	}
+	proto := goiptables.ProtocolIPv4
+	if b.family == IPv6 {
+		proto = goiptables.ProtocolIPv6
+	}
+	ipt, err := goiptables.New(goiptables.IPFamily(proto), goiptables.Path(path))
+	if err != nil {
+		return nil, fmt.Errorf("iptables backend: probing %s: %w", path, err)
+	}
+	b.planner = NewPlanner(Config{Family: b.family, MasqMark: opts.MasqMark, NoRandomFully: !ipt.HasRandomFully()})
+	b.log.Info("iptables backend", "family", b.family.String(), "flavour", b.flavour, "binary", path)
+	return b, nil
+}
+
+// detectFlavour returns the flavour `base` points to, or the other one when only that one
+// holds rules (like Kubernetes' iptables-wrapper).
+func detectFlavour(ctx context.Context, r Runner, base string) (string, error) {
+	out, err := r.Run(ctx, base, []string{"--version"}, nil)
+	if err != nil {
+		return "", fmt.Errorf("iptables backend: detecting the iptables flavour: %w", err)
+	}
+	def, other := "legacy", "nft"
+	if bytes.Contains(out, []byte("nf_tables")) {
+		def, other = "nft", "legacy"
+	}
+	count := func(f string) int {
+		o, err := r.Run(ctx, base+"-"+f+"-save", nil, nil)
+		if err != nil {
+			return 0
+		}
+		return bytes.Count(o, []byte("\n-A "))
+	}
+	if count(def) == 0 && count(other) > 0 {
+		return other, nil
+	}
+	return def, nil
+}
+
+// Name implements proxy.Backend.
+func (b *Backend) Name() string { return "iptables" }
+
+// Flavour returns "nft" or "legacy".
+func (b *Backend) Flavour() string { return b.flavour }
+
+// Binaries returns the iptables, save and restore commands the backend runs.
+func (b *Backend) Binaries() (iptables, save, restore string) {
+	return b.bin.iptables, b.bin.save, b.bin.restore
+}
+
+// JumpRule is a rule in a built-in chain that sends traffic into svcproxy's chains.
+type JumpRule struct {
+	Table, Chain string
+	Args         []string
+}
+
+// JumpRules returns the rules the backend keeps in the built-in chains, in the order they
+// appear in each chain.
+func JumpRules() []JumpRule {
+	c := func(s string) []string { return []string{"-m", "comment", "--comment", s} }
+	newc := []string{"-m", "conntrack", "--ctstate", "NEW"}
+	j := func(parts ...[]string) []string {
+		var out []string
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return out
+	}
+	portals := c("svcproxy service portals")
+	ext := c("svcproxy externally-visible service portals")
+	fw := c("svcproxy load balancer firewall")
+	return []JumpRule{
+		{"nat", "PREROUTING", j(portals, []string{"-j", ChainServices})},
+		{"nat", "OUTPUT", j(portals, []string{"-j", ChainServices})},
+		{"nat", "POSTROUTING", j(c("svcproxy postrouting rules"), []string{"-j", ChainPostrouting})},
+		{"filter", "INPUT", j(newc, fw, []string{"-j", ChainFirewall})},
+		{"filter", "INPUT", j(newc, ext, []string{"-j", ChainExternalServices})},
+		{"filter", "INPUT", j(c("svcproxy health check service ports"), []string{"-j", ChainNodePorts})},
+		{"filter", "FORWARD", j(newc, fw, []string{"-j", ChainFirewall})},
+		{"filter", "FORWARD", j(newc, portals, []string{"-j", ChainServices})},
+		{"filter", "FORWARD", j(newc, ext, []string{"-j", ChainExternalServices})},
+		{"filter", "FORWARD", j(c("svcproxy forwarding rules"), []string{"-j", ChainForward})},
+		{"filter", "OUTPUT", j(newc, fw, []string{"-j", ChainFirewall})},
+		{"filter", "OUTPUT", j(newc, portals, []string{"-j", ChainServices})},
+		{"filter", "OUTPUT", j(newc, ext, []string{"-j", ChainExternalServices})},
+	}
+}
+
+// JumpRulesRestore renders JumpRules as iptables-restore input appending to the built-in
+// chains, for the tracer.
+func JumpRulesRestore() string {
+	var sb strings.Builder
+	for _, t := range []string{"nat", "filter"} {
+		sb.WriteString("*" + t + "\n")
+		for _, r := range JumpRules() {
+			if r.Table != t {
+				continue
+			}
+			sb.WriteString("-A " + r.Chain)
+			for _, a := range r.Args {
+				sb.WriteString(" ")
+				if strings.Contains(a, " ") {
+					sb.WriteString(strconv.Quote(a))
+				} else {
+					sb.WriteString(a)
+				}
+			}
+			sb.WriteString("\n")
+		}
+		sb.WriteString("COMMIT\n")
+	}
+	return sb.String()
+}
+
+func (b *Backend) ipt(ctx context.Context, args ...string) ([]byte, error) {
+	return b.run.Run(ctx, b.bin.iptables, append([]string{"-w", b.wait}, args...), nil)
+}
+
+// ensureJumps inserts every missing jump rule; present ones stay where they are. Rules of a
+// chain are inserted bottom-up at position 1, so a fresh chain gets them in JumpRules order.
+func (b *Backend) ensureJumps(ctx context.Context) error {
+	rules := JumpRules()
+	for i := len(rules) - 1; i >= 0; i-- {
+		r := rules[i]
+		_, err := b.ipt(ctx, append([]string{"-t", r.Table, "-C", r.Chain}, r.Args...)...)
+		if err == nil {
+			continue
+		}
+		if exitCode(err) != 1 {
+			return fmt.Errorf("iptables backend: checking jump rule in %s/%s: %w", r.Table, r.Chain, err)
+		}
+		if _, err := b.ipt(ctx, append([]string{"-t", r.Table, "-I", r.Chain, "1"}, r.Args...)...); err != nil {
+			return fmt.Errorf("iptables backend: inserting jump rule in %s/%s: %w", r.Table, r.Chain, err)
+		}
+	}
+	return nil
+}
+
+// kernelChains returns the chains of table as iptables-save lists them.
+func (b *Backend) kernelChains(ctx context.Context, table string) ([]string, error) {
+	out, err := b.run.Run(ctx, b.bin.save, []string{"-t", table}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("iptables backend: reading table %s: %w", table, err)
+	}
+	var chains []string
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.HasPrefix(l, ":") {
+			if f := strings.Fields(l[1:]); len(f) > 0 {
+				chains = append(chains, f[0])
+			}
+		}
+	}
+	return chains, sc.Err()
+}
+
+func (b *Backend) restore(ctx context.Context, table string, input []byte) error {
+	_, err := b.run.Run(ctx, b.bin.restore, []string{"-w", b.wait, "--noflush"}, input)
+	if err != nil {
+		return fmt.Errorf("iptables backend: %s refused table %s: %w", b.bin.restore, table, err)
+	}
+	return nil
+}
+
+// Sync implements proxy.Backend. A partial sync (full false) rewrites the dispatch chains and
+// the chains of changes.Services only; the backend forces a full sync itself on its first
+// call, after a failed one, and when changes.Settings is set. st must be sorted.
+func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Changes, full bool) (proxy.SyncResult, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	full = full || b.needFull || b.written == nil || changes.Settings
+	prev := b.written
+	if full && b.readKern {
+		tables := map[string][]string{}
+		for _, t := range []string{"nat", "filter"} {
+			ch, err := b.kernelChains(ctx, t)
+			if err != nil {
+				b.needFull = true
+				return proxy.SyncResult{Full: true}, err
+			}
+			tables[t] = ch
+		}
+		prev = prev.WithKernelChains(tables)
+	}
+	start := time.Now()
+	plan := b.planner.Plan(prev, st, changes, full)
+	res := proxy.SyncResult{Full: plan.Full, ServicesWritten: plan.ServicesWritten, Objects: plan.Rules}
+
+	// Until both tables and the jump rules are known good, the next sync is a full one that
+	// reads the kernel first.
+	b.needFull, b.readKern = true, true
+	if err := b.restore(ctx, "filter", plan.Filter); err != nil {
+		return res, err
+	}
+	if err := b.restore(ctx, "nat", plan.NAT); err != nil {
+		return res, err
+	}
+	if plan.Full {
+		if err := b.ensureJumps(ctx); err != nil {
+			return res, err
+		}
+	}
+	b.needFull, b.readKern = false, false
+	b.written = plan.Written
+	prevState := b.lastState
+	b.lastState = st
+	b.log.Debug("iptables sync", "full", plan.Full, "services", plan.ServicesWritten, "rules", plan.Rules,
+		"deleted", len(plan.Deleted), "natBytes", len(plan.NAT), "filterBytes", len(plan.Filter), "took", time.Since(start))
+
+	var only map[model.ServiceKey]struct{}
+	if !changes.Settings {
+		only = changes.Services
+	}
+	for _, f := range StaleConntrack(prevState, st, b.family, only) {
+		args := f.Args(b.family)
+		out, err := b.run.Run(ctx, "conntrack", args, nil)
+		if err != nil && !(exitCode(err) == 1 && bytes.Contains([]byte(err.Error()), []byte("0 flow entries"))) {
+			// A stale entry left behind only delays recovery of that flow; the rules are in.
+			b.log.Warn("deleting stale UDP conntrack entries failed", "args", strings.Join(args, " "), "err", err)
+			continue
+		}
+		b.log.Debug("deleted stale UDP conntrack entries", "args", strings.Join(args, " "), "out", string(out))
+	}
+	return res, nil
+}
+
+// Verify implements proxy.Backend: it reports whether the canary chains in nat and filter
+// still exist. It fails only when iptables cannot be run or answers with an unexpected error.
+func (b *Backend) Verify(ctx context.Context) (bool, error) {
+	for _, t := range []string{"nat", "filter"} {
+		_, err := b.ipt(ctx, "-t", t, "-S", ChainCanary)
+		if err == nil {
+			continue
+		}
+		if exitCode(err) == 1 {
+			return false, nil
+		}
+		return false, fmt.Errorf("iptables backend: checking canary in %s: %w", t, err)
+	}
+	return true, nil
+}
+
+// Cleanup implements proxy.Backend: it deletes the jump rules from the built-in chains and
+// then every SVCPROXY- chain of nat and filter in one restore per table. Nothing else is
+// touched. It fails when a removal is refused (for example a foreign rule jumps into one of
+// our chains).
+func (b *Backend) Cleanup(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.needFull, b.readKern, b.written, b.lastState = true, true, nil, nil
+	var errs []error
+	for _, r := range JumpRules() {
+		for range 16 { // duplicates, if someone else inserted them again
+			if _, err := b.ipt(ctx, append([]string{"-t", r.Table, "-C", r.Chain}, r.Args...)...); err != nil {
+				if exitCode(err) != 1 {
+					errs = append(errs, fmt.Errorf("iptables backend: checking jump rule in %s/%s: %w", r.Table, r.Chain, err))
+				}
+				break
+			}
+			if _, err := b.ipt(ctx, append([]string{"-t", r.Table, "-D", r.Chain}, r.Args...)...); err != nil {
+				errs = append(errs, fmt.Errorf("iptables backend: deleting jump rule in %s/%s: %w", r.Table, r.Chain, err))
+				break
+			}
+		}
+	}
+	for _, t := range []string{"filter", "nat"} {
+		chains, err := b.kernelChains(ctx, t)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var decl, del strings.Builder
+		for _, c := range chains {
+			if strings.HasPrefix(c, ChainPrefix) {
+				decl.WriteString(":" + c + " - [0:0]\n")
+				del.WriteString("-X " + c + "\n")
+			}
+		}
+		if decl.Len() == 0 {
+			continue
+		}
+		if err := b.restore(ctx, t, []byte("*"+t+"\n"+decl.String()+del.String()+"COMMIT\n")); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,849 @@
+package iptables
+
+import (
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/svcproxy/svcproxy/proxy/model"
+)
+
+// Family is the IP family one Backend (and one Planner) programs: iptables or ip6tables.
+type Family int
+
+// IP families.
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+func (f Family) String() string {
+	if f == IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+func (f Family) has(a netip.Addr) bool {
+	if f == IPv6 {
+		return a.Is6() && !a.Is4In6()
+	}
+	return a.Is4()
+}
+
+// DefaultMasqMark is the mark bit svcproxy sets on packets to masquerade. kube-proxy uses
+// 0x4000, so the two can run side by side.
+const DefaultMasqMark uint32 = 0x8000
+
+// Config holds what the rendering depends on besides the State.
+type Config struct {
+	// Family selects which addresses of the State are programmed; default IPv4.
+	Family Family
+	// MasqMark is the single mark bit that requests masquerading; default DefaultMasqMark.
+	MasqMark uint32
+	// NoRandomFully drops --random-fully from MASQUERADE (for iptables older than 1.6.2).
+	NoRandomFully bool
+}
+
+func (c Config) withDefaults() Config {
+	if c.Family == 0 {
+		c.Family = IPv4
+	}
+	if c.MasqMark == 0 {
+		c.MasqMark = DefaultMasqMark
+	}
+	return c
+}
+
+// Written is what a Planner knows about the rules it wrote: the per-service chains of each
+// service (nat table) and chains found in the kernel that no service owns. A Plan returns the
+// Written that holds once its restore input has been applied.
+type Written struct {
+	services map[model.ServiceKey][]string
+	// orphans are SVCPROXY- chains present in the kernel (per table) that the next full sync
+	// deletes unless it writes them.
+	orphans map[string][]string
+}
+
+// WithKernelChains returns a copy of w (which may be nil) that also knows the given chains
+// found in the kernel, per table ("nat", "filter"); only names starting with ChainPrefix are
+// kept. A full sync deletes every known chain it does not write.
+func (w *Written) WithKernelChains(tables map[string][]string) *Written {
+	out := &Written{services: map[model.ServiceKey][]string{}, orphans: map[string][]string{}}
+	if w != nil {
+		for k, v := range w.services {
+			out.services[k] = v
+		}
+		for t, v := range w.orphans {
+			out.orphans[t] = append([]string(nil), v...)
+		}
+	}
+	for t, names := range tables {
+		for _, n := range names {
+			if strings.HasPrefix(n, ChainPrefix) {
+				out.orphans[t] = append(out.orphans[t], n)
+			}
+		}
+	}
+	return out
+}
+
+// Chains returns every chain recorded for the nat table, sorted (for tests and inspection).
+func (w *Written) Chains() []string {
+	if w == nil {
+		return nil
+	}
+	var out []string
+	for _, v := range w.services {
+		out = append(out, v...)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Plan is the result of planning one sync: the input of `iptables-restore --noflush` for each
+// table, and what holds once both are applied.
+type Plan struct {
+	// NAT and Filter are complete iptables-restore inputs (from "*table" to "COMMIT").
+	NAT, Filter []byte
+	Full        bool
+	// ServicesWritten counts the services whose chains were (re)written.
+	ServicesWritten int
+	// Rules counts the rules (-A lines) in both inputs.
+	Rules int
+	// Deleted lists the chains the plan deletes.
+	Deleted []string
+	// Written is the planner's record once the plan is applied; pass it to the next Plan.
+	Written *Written
+}
+
+// Planner renders States into restore inputs. It is pure (it never touches the kernel); it
+// caches chain-name hashes between plans, so it is not safe for concurrent use.
+type Planner struct {
+	cfg   Config
+	names nameCache
+	probs []string
+}
+
+// NewPlanner returns a Planner for cfg.
+func NewPlanner(cfg Config) *Planner {
+	return &Planner{cfg: cfg.withDefaults()}
+}
+
+// Render returns the iptables-restore inputs of a full sync of st for IPv4 with the default
+// mark, with no previous state: what golden tests and benchmarks look at.
+func Render(st *model.State) (nat, filter string) {
+	p := NewPlanner(Config{}).Plan(nil, st, model.Changes{}, true)
+	return string(p.NAT), string(p.Filter)
+}
+
+// probability returns the --probability value for picking the first of k remaining endpoints,
+// formatted like kube-proxy ("%0.10f" of 1/k).
+func (pl *Planner) probability(k int) string {
+	for len(pl.probs) <= k {
+		n := len(pl.probs)
+		if n == 0 {
+			pl.probs = append(pl.probs, "")
+			continue
+		}
+		pl.probs = append(pl.probs, strconv.FormatFloat(1.0/float64(n), 'f', 10, 64))
+	}
+	return pl.probs[k]
+}
+
+// writer accumulates restore text without fmt.
+type writer struct{ b []byte }
+
+func (w *writer) s(x string)        { w.b = append(w.b, x...) }
+func (w *writer) u(x uint64)        { w.b = strconv.AppendUint(w.b, x, 10) }
+func (w *writer) addr(a netip.Addr) { w.b = a.AppendTo(w.b) }
+func (w *writer) hex(x uint32) {
+	w.b = append(w.b, "0x"...)
+	w.b = strconv.AppendUint(w.b, uint64(x), 16)
+}
+
+// portPlan is everything the dispatch rules and the chains of one service port need.
+type portPlan struct {
+	svc   *model.Service
+	port  *model.ServicePort
+	id    string
+	label string
+	proto string // "tcp", "udp", "sctp"
+	cat   model.Categorized
+	hash  string
+
+	clusterIPs, externalIPs, lbIPs []netip.Addr
+	sourceRanges                   []netip.Prefix
+	nodePort                       uint16
+	external                       bool // reachable from outside in this family
+
+	hasEndpoints bool // any usable endpoint (else REJECT)
+	hasInternal  bool // endpoints for the internal policy (else DROP)
+	hasExternal  bool // endpoints for the external policy (else DROP)
+	usesCluster  bool // the S chain is written and used
+	usesLocal    bool // the L chain is written and used
+}
+
+func (pp *portPlan) chain(kind string) string { return kind + pp.hash }
+
+func (pp *portPlan) internalChain() string {
+	if pp.svc.InternalTrafficPolicyLocal {
+		return pp.chain(kindLocal)
+	}
+	return pp.chain(kindCluster)
+}
+
+func (pp *portPlan) externalTarget() string {
+	if len(pp.sourceRanges) > 0 && len(pp.lbIPs) > 0 {
+		return pp.chain(kindFirewall)
+	}
+	return pp.chain(kindExternal)
+}
+
+// familyPort returns p, or a copy of p holding only the endpoints of family f when it has
+// endpoints of both families.
+func familyPort(f Family, p *model.ServicePort) *model.ServicePort {
+	mixed := false
+	for _, e := range p.Endpoints {
+		if !f.has(e.IP) {
+			mixed = true
+			break
+		}
+	}
+	if !mixed {
+		return p
+	}
+	q := *p
+	q.Endpoints = nil
+	for _, e := range p.Endpoints {
+		if f.has(e.IP) {
+			q.Endpoints = append(q.Endpoints, e)
+		}
+	}
+	return &q
+}
+
+func lowerProto(p model.Protocol) string {
+	switch p {
+	case model.UDP:
+		return "udp"
+	case model.SCTP:
+		return "sctp"
+	default:
+		return "tcp"
+	}
+}
+
+func (pl *Planner) planPort(st *model.State, s *model.Service, p *model.ServicePort) portPlan {
+	f := pl.cfg.Family
+	pp := portPlan{svc: s, port: p, proto: lowerProto(p.Protocol)}
+	pp.id = portID(s, p)
+	pp.hash = pl.names.hash(pp.id)
+	pp.cat = model.CategorizeEndpoints(s, familyPort(f, p), st.NodeName, st.Zone)
+	for _, a := range s.ClusterIPs {
+		if f.has(a) {
+			pp.clusterIPs = append(pp.clusterIPs, a)
+		}
+	}
+	for _, a := range s.ExternalIPs {
+		if f.has(a) {
+			pp.externalIPs = append(pp.externalIPs, a)
+		}
+	}
+	if s.Type == model.LoadBalancer || len(s.LoadBalancerIPs) > 0 {
+		for _, a := range s.LoadBalancerIPs {
+			if f.has(a) {
+				pp.lbIPs = append(pp.lbIPs, a)
+			}
+		}
+	}
+	for _, r := range s.LoadBalancerSourceRanges {
+		if f.has(r.Addr()) {
+			pp.sourceRanges = append(pp.sourceRanges, r.Masked())
+		}
+	}
+	if s.Type == model.NodePort || s.Type == model.LoadBalancer {
+		pp.nodePort = p.NodePort
+	}
+	pp.external = len(pp.externalIPs) > 0 || len(pp.lbIPs) > 0 || pp.nodePort != 0
+	// Cluster is never empty when Local is not (see model.CategorizeEndpoints).
+	pp.hasEndpoints = len(pp.cat.Cluster) > 0
+	pp.hasInternal = pp.hasEndpoints
+	if s.InternalTrafficPolicyLocal {
+		pp.hasInternal = len(pp.cat.Local) > 0
+	}
+	pp.hasExternal = pp.hasEndpoints
+	if s.ExternalTrafficPolicyLocal {
+		pp.hasExternal = len(pp.cat.Local) > 0
+	}
+	pp.usesCluster = pp.hasEndpoints && (!s.InternalTrafficPolicyLocal || pp.external)
+	pp.usesLocal = pp.cat.UsesLocal && len(pp.cat.Local) > 0
+	pp.label = portLabel(s, p)
+	return pp
+}
+
+// tableText collects one table's restore input in sections.
+type tableText struct {
+	decl, del, rules, chains writer
+	nrules                   int
+}
+
+func (t *tableText) declare(chain string) {
+	t.decl.s(":")
+	t.decl.s(chain)
+	t.decl.s(" - [0:0]\n")
+}
+
+func (t *tableText) rule(chain string) *writer {
+	t.nrules++
+	t.rules.s("-A ")
+	t.rules.s(chain)
+	return &t.rules
+}
+
+// chainRule starts a rule of a per-service chain; those follow the dispatch rules.
+func (t *tableText) chainRule(chain string) *writer {
+	t.nrules++
+	t.chains.s("-A ")
+	t.chains.s(chain)
+	return &t.chains
+}
+
+func (t *tableText) bytes(table string) []byte {
+	out := make([]byte, 0, len(table)+len(t.decl.b)+len(t.del.b)+len(t.rules.b)+len(t.chains.b)+16)
+	out = append(out, '*')
+	out = append(out, table...)
+	out = append(out, '\n')
+	out = append(out, t.decl.b...)
+	out = append(out, t.del.b...)
+	out = append(out, t.rules.b...)
+	out = append(out, t.chains.b...)
+	out = append(out, "COMMIT\n"...)
+	return out
+}
+
+// Plan renders what to write to make the kernel match st. prev is what the previous plan
+// recorded (nil: nothing known); changes says which services differ from the state of the
+// previous plan. A full plan (full, prev nil or changes.Settings) rewrites every chain and
+// deletes every chain known in prev that it does not write; a partial plan rewrites the
+// dispatch chains and only the chains of the changed services, and deletes chains of removed
+// services. st must be sorted (model.State.Sort).
+func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, full bool) *Plan {
+	full = full || prev == nil || changes.Settings
+	c := pl.cfg
+	if full {
+		// Start a fresh cache so names of removed services do not accumulate.
+		old := pl.names.m
+		pl.names.m = make(map[string]string, len(old))
+		for _, s := range st.Services {
+			for i := range s.Ports {
+				id := portID(s, &s.Ports[i])
+				if h, ok := old[id]; ok {
+					pl.names.m[id] = h
+				}
+			}
+		}
+	}
+	var nat, filter tableText
+	hostMask := "/32"
+	if c.Family == IPv6 {
+		hostMask = "/128"
+	}
+
+	// Fixed chains, rewritten every sync.
+	for _, ch := range []string{ChainServices, ChainNodePorts, ChainPostrouting, ChainMarkMasq} {
+		nat.declare(ch)
+	}
+	for _, ch := range []string{ChainServices, ChainExternalServices, ChainNodePorts, ChainForward, ChainFirewall} {
+		filter.declare(ch)
+	}
+	if full {
+		nat.declare(ChainCanary)
+		filter.declare(ChainCanary)
+	}
+
+	var clusterCIDRs []netip.Prefix
+	for _, p := range st.ClusterCIDRs {
+		if c.Family.has(p.Addr()) {
+			clusterCIDRs = append(clusterCIDRs, p.Masked())
+		}
+	}
+	if !st.MasqueradeAll && len(clusterCIDRs) > 1 {
+		nat.declare(ChainMasqNonPod)
+		for _, p := range clusterCIDRs {
+			w := nat.rule(ChainMasqNonPod)
+			w.s(" -s ")
+			w.s(p.String())
+			w.s(" -j RETURN\n")
+		}
+		w := nat.rule(ChainMasqNonPod)
+		w.s(" -j " + ChainMarkMasq + "\n")
+	}
+
+	mark := string(strconv.AppendUint([]byte("0x"), uint64(c.MasqMark), 16))
+	w := nat.rule(ChainMarkMasq)
+	w.s(" -j MARK --or-mark " + mark + "\n")
+	w = nat.rule(ChainPostrouting)
+	w.s(" -m mark ! --mark " + mark + "/" + mark + " -j RETURN\n")
+	w = nat.rule(ChainPostrouting)
+	w.s(" -j MARK --xor-mark " + mark + "\n")
+	w = nat.rule(ChainPostrouting)
+	w.s(" -m comment --comment \"svcproxy service traffic requiring SNAT\" -j MASQUERADE")
+	if !c.NoRandomFully {
+		w.s(" --random-fully")
+	}
+	w.s("\n")
+
+	w = filter.rule(ChainForward)
+	w.s(" -m conntrack --ctstate INVALID -j DROP\n")
+	w = filter.rule(ChainForward)
+	w.s(" -m mark --mark " + mark + "/" + mark + " -j ACCEPT\n")
+	w = filter.rule(ChainForward)
+	w.s(" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n")
+
+	rejectICMP := "icmp-port-unreachable"
+	if c.Family == IPv6 {
+		rejectICMP = "icmp6-port-unreachable"
+	}
+	blockTarget := func(pp *portPlan, haveEndpoints bool) string {
+		if haveEndpoints {
+			return " -m comment --comment \"" + pp.label + " has no local endpoints\" -j DROP\n"
+		}
+		if pp.proto == "tcp" {
+			return " -m comment --comment \"" + pp.label + " has no endpoints\" -j REJECT --reject-with tcp-reset\n"
+		}
+		return " -m comment --comment \"" + pp.label + " has no endpoints\" -j REJECT --reject-with " + rejectICMP + "\n"
+	}
+	match := func(w *writer, pp *portPlan, dst netip.Addr, port uint16) {
+		if dst.IsValid() {
+			w.s(" -d ")
+			w.addr(dst)
+			w.s(hostMask)
+		}
+		w.s(" -p ")
+		w.s(pp.proto)
+		w.s(" -m ")
+		w.s(pp.proto)
+		w.s(" --dport ")
+		w.u(uint64(port))
+	}
+
+	next := &Written{services: make(map[model.ServiceKey][]string, len(st.Services)), orphans: map[string][]string{}}
+	written := map[string]struct{}{}
+	plan := &Plan{Full: full}
+	var pps []portPlan
+	var nodePortRules writer
+	nodePortCount := 0
+
+	for _, s := range st.Services {
+		_, changed := changes.Services[s.Key]
+		rewrite := full || changed
+		if rewrite {
+			plan.ServicesWritten++
+		}
+		var chains []string
+		pps = pps[:0]
+		for i := range s.Ports {
+			pps = append(pps, pl.planPort(st, s, &s.Ports[i]))
+		}
+		for i := range pps {
+			pp := &pps[i]
+			// nat dispatch.
+			for _, ip := range pp.clusterIPs {
+				if pp.hasInternal {
+					w := nat.rule(ChainServices)
+					w.s(" -m comment --comment \"")
+					w.s(pp.label)
+					w.s(" cluster IP\"")
+					match(w, pp, ip, pp.port.Port)
+					w.s(" -j ")
+					w.s(pp.internalChain())
+					w.s("\n")
+				} else {
+					w := filter.rule(ChainServices)
+					match(w, pp, ip, pp.port.Port)
+					w.s(blockTarget(pp, pp.hasEndpoints))
+				}
+			}
+			for _, ip := range pp.externalIPs {
+				if pp.hasEndpoints {
+					w := nat.rule(ChainServices)
+					w.s(" -m comment --comment \"")
+					w.s(pp.label)
+					w.s(" external IP\"")
+					match(w, pp, ip, pp.port.Port)
+					w.s(" -j ")
+					w.s(pp.chain(kindExternal))
+					w.s("\n")
+				}
+				if !pp.hasExternal {
+					w := filter.rule(ChainExternalServices)
+					match(w, pp, ip, pp.port.Port)
+					w.s(blockTarget(pp, pp.hasEndpoints))
+				}
+			}
+			for _, ip := range pp.lbIPs {
+				if pp.hasEndpoints {
+					w := nat.rule(ChainServices)
+					w.s(" -m comment --comment \"")
+					w.s(pp.label)
+					w.s(" loadbalancer IP\"")
+					match(w, pp, ip, pp.port.Port)
+					w.s(" -j ")
+					w.s(pp.externalTarget())
+					w.s("\n")
+				}
+				if !pp.hasExternal {
+					w := filter.rule(ChainExternalServices)
+					match(w, pp, ip, pp.port.Port)
+					w.s(blockTarget(pp, pp.hasEndpoints))
+				}
+				if len(pp.sourceRanges) > 0 {
+					w := filter.rule(ChainFirewall)
+					match(w, pp, ip, pp.port.Port)
+					w.s(" -m comment --comment \"")
+					w.s(pp.label)
+					w.s(" traffic not accepted by ")
+					w.s(pp.chain(kindFirewall))
+					w.s("\" -j DROP\n")
+				}
+			}
+			if pp.nodePort != 0 {
+				if pp.hasEndpoints {
+					nodePortCount++
+					nodePortRules.s("-A " + ChainNodePorts + " -m comment --comment \"")
+					nodePortRules.s(pp.label)
+					nodePortRules.s(" node port\"")
+					match(&nodePortRules, pp, netip.Addr{}, pp.nodePort)
+					nodePortRules.s(" -j ")
+					nodePortRules.s(pp.chain(kindExternal))
+					nodePortRules.s("\n")
+				}
+				if !pp.hasExternal {
+					w := filter.rule(ChainExternalServices)
+					w.s(" -m addrtype --dst-type LOCAL")
+					match(w, pp, netip.Addr{}, pp.nodePort)
+					w.s(blockTarget(pp, pp.hasEndpoints))
+				}
+			}
+			if s.HealthCheckNodePort != 0 && s.Type == model.LoadBalancer && s.ExternalTrafficPolicyLocal && i == 0 {
+				w := filter.rule(ChainNodePorts)
+				w.s(" -m comment --comment \"")
+				w.s(s.Key.String())
+				w.s(" health check node port\" -p tcp -m tcp --dport ")
+				w.u(uint64(s.HealthCheckNodePort))
+				w.s(" -j ACCEPT\n")
+			}
+
+			// Per-service chains.
+			if !pp.hasEndpoints {
+				continue
+			}
+			chains = pl.serviceChains(pp, chains, rewrite, &nat, st.MasqueradeAll, clusterCIDRs, hostMask)
+		}
+		next.services[s.Key] = chains
+		if rewrite {
+			for _, ch := range chains {
+				written[ch] = struct{}{}
+			}
+		}
+	}
+
+	// Node ports are matched last, on local addresses only (all of them, or those within
+	// NodePortAddresses), never on loopback.
+	nat.rules.b = append(nat.rules.b, nodePortRules.b...)
+	nat.nrules += nodePortCount
+	var npAddrs []netip.Prefix
+	for _, p := range st.NodePortAddresses {
+		if c.Family.has(p.Addr()) {
+			npAddrs = append(npAddrs, p.Masked())
+		}
+	}
+	if len(st.NodePortAddresses) == 0 {
+		w := nat.rule(ChainServices)
+		if c.Family == IPv6 {
+			w.s(" ! -d ::1/128")
+		} else {
+			w.s(" ! -d 127.0.0.0/8")
+		}
+		w.s(" -m comment --comment \"svcproxy service nodeports; must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j " + ChainNodePorts + "\n")
+	}
+	for _, p := range npAddrs {
+		w := nat.rule(ChainServices)
+		w.s(" -d ")
+		w.s(p.String())
+		w.s(" -m comment --comment \"svcproxy service nodeports; must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j " + ChainNodePorts + "\n")
+	}
+
+	// Deletions: chains of changed or removed services that are no longer written, and on a
+	// full sync every other known chain.
+	var del []string
+	if prev != nil {
+		for k, chs := range prev.services {
+			_, changed := changes.Services[k]
+			if !full && !changed {
+				continue
+			}
+			for _, ch := range chs {
+				if _, ok := written[ch]; !ok {
+					del = append(del, ch)
+				}
+			}
+		}
+		if full {
+			fixed := map[string]bool{ChainServices: true, ChainNodePorts: true, ChainPostrouting: true, ChainMarkMasq: true,
+				ChainCanary: true, ChainExternalServices: true, ChainForward: true, ChainFirewall: true}
+			if !st.MasqueradeAll && len(clusterCIDRs) > 1 {
+				fixed[ChainMasqNonPod] = true
+			}
+			for _, ch := range prev.orphans["nat"] {
+				if _, ok := written[ch]; !ok && !fixed[ch] {
+					del = append(del, ch)
+				}
+			}
+			for _, ch := range prev.orphans["filter"] {
+				if !fixed[ch] {
+					filter.declare(ch)
+					filter.del.s("-X " + ch + "\n")
+					plan.Deleted = append(plan.Deleted, ch)
+				}
+			}
+		} else {
+			// A partial plan keeps orphans for the next full one.
+			for t, v := range prev.orphans {
+				next.orphans[t] = v
+			}
+		}
+	}
+	sort.Strings(del)
+	for i, ch := range del {
+		if i > 0 && del[i-1] == ch {
+			continue
+		}
+		// Flush (declare) before delete: a chain must be empty and unreferenced to go.
+		nat.declare(ch)
+		nat.del.s("-X ")
+		nat.del.s(ch)
+		nat.del.s("\n")
+		plan.Deleted = append(plan.Deleted, ch)
+	}
+
+	plan.NAT = nat.bytes("nat")
+	plan.Filter = filter.bytes("filter")
+	plan.Rules = nat.nrules + filter.nrules
+	plan.Written = next
+	return plan
+}
+
+// serviceChains records the chains of one port with endpoints in chains and, when rewrite is
+// set, writes them.
+func (pl *Planner) serviceChains(pp *portPlan, chains []string, rewrite bool, nat *tableText,
+	masqAll bool, clusterCIDRs []netip.Prefix, hostMask string) []string {
+	sChain, lChain, xChain, fChain := pp.chain(kindCluster), pp.chain(kindLocal), pp.chain(kindExternal), pp.chain(kindFirewall)
+
+	// Endpoint chains: the union of the cluster and local endpoints.
+	type epc struct {
+		ep    model.Endpoint
+		chain string
+	}
+	eps := make([]epc, 0, len(pp.cat.Cluster)+len(pp.cat.Local))
+	seen := func(ap netip.AddrPort) bool {
+		for _, e := range eps {
+			if e.ep.AddrPort() == ap {
+				return true
+			}
+		}
+		return false
+	}
+	epChain := func(e model.Endpoint) string {
+		return kindEndpoint + pl.names.hash(endpointID(pp.id, e.AddrPort()))
+	}
+	if pp.usesCluster {
+		for _, e := range pp.cat.Cluster {
+			eps = append(eps, epc{e, epChain(e)})
+		}
+	}
+	if pp.usesLocal {
+		for _, e := range pp.cat.Local {
+			if !pp.usesCluster || !seen(e.AddrPort()) {
+				eps = append(eps, epc{e, epChain(e)})
+			}
+		}
+	}
+	if pp.usesCluster {
+		chains = append(chains, sChain)
+	}
+	if pp.usesLocal {
+		chains = append(chains, lChain)
+	}
+	if pp.external {
+		chains = append(chains, xChain)
+		if len(pp.sourceRanges) > 0 && len(pp.lbIPs) > 0 {
+			chains = append(chains, fChain)
+		}
+	}
+	for _, e := range eps {
+		chains = append(chains, e.chain)
+	}
+	if !rewrite {
+		return chains
+	}
+
+	affinity := 0
+	if pp.svc.AffinityTimeout > 0 {
+		affinity = int(pp.svc.AffinityTimeout.Seconds())
+		if affinity < 1 {
+			affinity = 1
+		}
+	}
+	chainOf := func(e model.Endpoint) string {
+		for _, x := range eps {
+			if x.ep.AddrPort() == e.AddrPort() {
+				return x.chain
+			}
+		}
+		return epChain(e)
+	}
+	balance := func(chain string, list []model.Endpoint) {
+		if affinity > 0 {
+			for _, e := range list {
+				w := nat.chainRule(chain)
+				w.s(" -m recent --name ")
+				w.s(chainOf(e))
+				w.s(" --rcheck --seconds ")
+				w.u(uint64(affinity))
+				w.s(" --reap -j ")
+				w.s(chainOf(e))
+				w.s("\n")
+			}
+		}
+		n := len(list)
+		for i, e := range list {
+			w := nat.chainRule(chain)
+			w.s(" -m comment --comment \"")
+			w.s(pp.label)
+			w.s(" -> ")
+			w.b = e.AddrPort().AppendTo(w.b)
+			w.s("\"")
+			if i < n-1 {
+				w.s(" -m statistic --mode random --probability ")
+				w.s(pl.probability(n - i))
+			}
+			w.s(" -j ")
+			w.s(chainOf(e))
+			w.s("\n")
+		}
+	}
+
+	if pp.usesCluster {
+		nat.declare(sChain)
+		for _, ip := range pp.clusterIPs {
+			switch {
+			case masqAll:
+				w := nat.chainRule(sChain)
+				w.s(" -d ")
+				w.addr(ip)
+				w.s(hostMask)
+				w.s(" -p " + pp.proto + " -m " + pp.proto + " --dport ")
+				w.u(uint64(pp.port.Port))
+				w.s(" -j " + ChainMarkMasq + "\n")
+			case len(clusterCIDRs) == 1:
+				w := nat.chainRule(sChain)
+				w.s(" ! -s ")
+				w.s(clusterCIDRs[0].String())
+				w.s(" -d ")
+				w.addr(ip)
+				w.s(hostMask)
+				w.s(" -p " + pp.proto + " -m " + pp.proto + " --dport ")
+				w.u(uint64(pp.port.Port))
+				w.s(" -j " + ChainMarkMasq + "\n")
+			case len(clusterCIDRs) > 1:
+				w := nat.chainRule(sChain)
+				w.s(" -d ")
+				w.addr(ip)
+				w.s(hostMask)
+				w.s(" -p " + pp.proto + " -m " + pp.proto + " --dport ")
+				w.u(uint64(pp.port.Port))
+				w.s(" -j " + ChainMasqNonPod + "\n")
+			}
+		}
+		balance(sChain, pp.cat.Cluster)
+	}
+	if pp.usesLocal {
+		nat.declare(lChain)
+		balance(lChain, pp.cat.Local)
+	}
+	if pp.external {
+		nat.declare(xChain)
+		if pp.svc.ExternalTrafficPolicyLocal {
+			for _, p := range clusterCIDRs {
+				w := nat.chainRule(xChain)
+				w.s(" -s ")
+				w.s(p.String())
+				w.s(" -m comment --comment \"pod traffic for ")
+				w.s(pp.label)
+				w.s(" external destinations\" -j ")
+				w.s(sChain)
+				w.s("\n")
+			}
+			w := nat.chainRule(xChain)
+			w.s(" -m comment --comment \"masquerade LOCAL traffic for ")
+			w.s(pp.label)
+			w.s(" external destinations\" -m addrtype --src-type LOCAL -j " + ChainMarkMasq + "\n")
+			w = nat.chainRule(xChain)
+			w.s(" -m comment --comment \"route LOCAL traffic for ")
+			w.s(pp.label)
+			w.s(" external destinations\" -m addrtype --src-type LOCAL -j ")
+			w.s(sChain)
+			w.s("\n")
+			if pp.usesLocal {
+				w = nat.chainRule(xChain)
+				w.s(" -j ")
+				w.s(lChain)
+				w.s("\n")
+			}
+		} else {
+			w := nat.chainRule(xChain)
+			w.s(" -m comment --comment \"masquerade traffic for ")
+			w.s(pp.label)
+			w.s(" external destinations\" -j " + ChainMarkMasq + "\n")
+			w = nat.chainRule(xChain)
+			w.s(" -j ")
+			w.s(sChain)
+			w.s("\n")
+		}
+		if len(pp.sourceRanges) > 0 && len(pp.lbIPs) > 0 {
+			nat.declare(fChain)
+			for _, r := range pp.sourceRanges {
+				w := nat.chainRule(fChain)
+				w.s(" -s ")
+				w.s(r.String())
+				w.s(" -m comment --comment \"")
+				w.s(pp.label)
+				w.s(" loadbalancer IP\" -j ")
+				w.s(xChain)
+				w.s("\n")
+			}
+		}
+	}
+	for _, e := range eps {
+		nat.declare(e.chain)
+		w := nat.chainRule(e.chain)
+		w.s(" -s ")
+		w.addr(e.ep.IP)
+		w.s(hostMask)
+		w.s(" -j " + ChainMarkMasq + "\n")
+		w = nat.chainRule(e.chain)
+		w.s(" -p ")
+		w.s(pp.proto)
+		if affinity > 0 {
+			w.s(" -m recent --set --name ")
+			w.s(e.chain)
+		}
+		w.s(" -j DNAT --to-destination ")
+		w.b = e.ep.AddrPort().AppendTo(w.b)
+		w.s("\n")
+	}
+	return chains
+}
