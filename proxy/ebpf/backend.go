@@ -377,7 +377,9 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 	want := newEntries()
 	for _, s := range st.Services {
 		p := b.plans[s.Key]
-		if err := render(want, p.frontends, p.local, b.ids); err != nil {
+		if err := render(want, p.frontends, p.local, b.ids); errors.Is(err, errDuplicateFrontend) {
+			b.log.Warn("ebpf: service skipped on a frontend another service holds", "service", s.Key, "err", err)
+		} else if err != nil {
 			return res, fmt.Errorf("ebpf backend: %s: %w", s.Key, err)
 		}
 	}

@@ -2,6 +2,7 @@ package ebpf
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -128,16 +129,25 @@ func (t *ids) adopt(e *Entries) {
 	}
 }
 
+// errDuplicateFrontend reports a frontend already claimed by an earlier service.
+var errDuplicateFrontend = errors.New("frontend already used by another service")
+
 // render turns frontends into map entries, adding them to e. local tells which backends run
-// on this node.
+// on this node. A frontend already present in e (two services on one address and port) is
+// skipped: the first service keeps it, and the error wraps errDuplicateFrontend.
 func render(e *Entries, fes []Frontend, local map[BackendKey]bool, t *ids) error {
+	var dups []error
 	for _, fe := range fes {
+		base := svcKey{Addr: addrToBE(fe.Key.Addr), Port: htons(fe.Key.Port), Proto: fe.Key.Proto, Scope: fe.Key.Scope}
+		if _, taken := e.Services[base]; taken {
+			dups = append(dups, fmt.Errorf("%s: %w", describe(base), errDuplicateFrontend))
+			continue
+		}
 		rid, err := t.rev(revKey{Addr: fe.Key.Addr, Port: fe.Key.Port, Proto: fe.Key.Proto})
 		if err != nil {
 			return err
 		}
 		e.RevNat[rid] = revNatValue{Addr: addrToBE(fe.Key.Addr), Port: htons(fe.Key.Port), Proto: fe.Key.Proto}
-		base := svcKey{Addr: addrToBE(fe.Key.Addr), Port: htons(fe.Key.Port), Proto: fe.Key.Proto, Scope: fe.Key.Scope}
 		if len(fe.Active)+len(fe.Terminating) > 0xffff {
 			return fmt.Errorf("frontend %s:%d has %d backends, more than a slot index holds", fe.Key.Addr, fe.Key.Port, len(fe.Active)+len(fe.Terminating))
 		}
@@ -165,7 +175,7 @@ func render(e *Entries, fes []Frontend, local map[BackendKey]bool, t *ids) error
 		}
 		e.Services[base] = head
 	}
-	return nil
+	return errors.Join(dups...)
 }
 
 // frontendOf returns the slot-0 key of k.

@@ -1,0 +1,234 @@
+package ebpf
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	svcbpf "github.com/svcproxy/svcproxy/bpf"
+	"github.com/svcproxy/svcproxy/proxy/model"
+)
+
+// Verdicts of lb_select and tc return codes, as in the C sources.
+const (
+	lbNone      = 0
+	lbOK        = 1
+	lbNoBackend = 2
+	tcActOK     = 0
+	tcActShot   = 2
+	tcActUnspec = 0xffffffff
+)
+
+// selectOnce runs the shared selection code (svc_test_select) for one request.
+func selectOnce(t *testing.T, b *Backend, vip netip.AddrPort, proto, scope uint8, client uint64) svcbpf.SvcLbReq {
+	t.Helper()
+	req := svcbpf.SvcLbReq{Addr: addrToBE(vip.Addr()), Port: htons(vip.Port()), Proto: proto, Scope: scope, Client: client}
+	var out svcbpf.SvcLbReq
+	if _, err := b.objs.SvcTestSelect.Run(&ebpf.RunOptions{Context: req, ContextOut: &out}); err != nil {
+		t.Fatalf("test run: %v", err)
+	}
+	return out
+}
+
+func backendOf(r svcbpf.SvcLbReq) netip.AddrPort {
+	return netip.AddrPortFrom(addrFromBE(r.BeAddr), ntohs(r.BePort))
+}
+
+var vip = netip.MustParseAddrPort("10.96.0.10:80")
+
+func TestSelectSkipsTerminatingAndRefusesEmpty(t *testing.T) {
+	b := newTestBackend(t, Options{})
+	web := webService(ep("10.244.1.5", "node1", true, true, false), ep("10.244.1.6", "node2", true, true, false), ep("10.244.1.7", "node1", false, true, true))
+	empty := webService()
+	empty.Key.Name = "empty"
+	empty.ClusterIPs = []netip.Addr{netip.MustParseAddr("10.96.0.11")}
+	st := testState(web, empty)
+	mustSync(t, b, nil, st)
+
+	var head svcValue
+	if err := b.objs.SvcServices.Lookup(svcKey{Addr: addrToBE(vip.Addr()), Port: htons(80), Proto: protoTCP, Scope: ScopeInt}, &head); err != nil {
+		t.Fatal(err)
+	}
+	if head.Count != 2 || head.Qcount != 1 {
+		t.Fatalf("slot 0 = count %d qcount %d, want 2 and 1", head.Count, head.Qcount)
+	}
+	seen := map[netip.AddrPort]int{}
+	for i := 0; i < 400; i++ {
+		r := selectOnce(t, b, vip, protoTCP, ScopeInt, uint64(i))
+		if r.Verdict != lbOK {
+			t.Fatalf("verdict %d", r.Verdict)
+		}
+		seen[backendOf(r)]++
+	}
+	if len(seen) != 2 || seen[netip.MustParseAddrPort("10.244.1.7:8080")] != 0 {
+		t.Fatalf("picked %v: want both ready endpoints and never the terminating one", seen)
+	}
+	if r := selectOnce(t, b, netip.MustParseAddrPort("10.96.0.11:80"), protoTCP, ScopeInt, 1); r.Verdict != lbNoBackend {
+		t.Errorf("service without endpoints: verdict %d, want refuse", r.Verdict)
+	}
+	if r := selectOnce(t, b, netip.MustParseAddrPort("10.96.0.12:80"), protoTCP, ScopeInt, 1); r.Verdict != lbNone {
+		t.Errorf("not a service: verdict %d", r.Verdict)
+	}
+	if r := selectOnce(t, b, vip, protoUDP, ScopeInt, 1); r.Verdict != lbNone {
+		t.Errorf("wrong protocol matched: verdict %d", r.Verdict)
+	}
+
+	// Every ready endpoint goes away: the terminating one takes new flows (fallback).
+	st2 := testState(webService(ep("10.244.1.7", "node1", false, true, true)), empty)
+	mustSync(t, b, st, st2)
+	for i := 0; i < 20; i++ {
+		r := selectOnce(t, b, vip, protoTCP, ScopeInt, uint64(i))
+		if r.Verdict != lbOK || backendOf(r) != netip.MustParseAddrPort("10.244.1.7:8080") {
+			t.Fatalf("fallback: verdict %d backend %v", r.Verdict, backendOf(r))
+		}
+	}
+	// Partial sync wrote only what changed, and left no stray slots or backends.
+	e, err := b.readMaps()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(e.Backends) != 1 || len(e.Services) != 3 {
+		t.Errorf("after shrink: %d backends, %d service entries; want 1 and 3", len(e.Backends), len(e.Services))
+	}
+}
+
+func TestSelectAffinity(t *testing.T) {
+	b := newTestBackend(t, Options{})
+	s := webService(ep("10.244.1.2", "node1", true, true, false), ep("10.244.1.3", "node1", true, true, false),
+		ep("10.244.1.4", "node1", true, true, false), ep("10.244.1.5", "node1", true, true, false))
+	s.AffinityTimeout = time.Hour
+	mustSync(t, b, nil, testState(s))
+	perClient := map[uint64]netip.AddrPort{}
+	distinct := map[netip.AddrPort]bool{}
+	for round := 0; round < 10; round++ {
+		for c := uint64(1); c <= 40; c++ {
+			be := backendOf(selectOnce(t, b, vip, protoTCP, ScopeInt, c))
+			if prev, ok := perClient[c]; ok && prev != be {
+				t.Fatalf("client %d moved from %v to %v despite affinity", c, prev, be)
+			}
+			perClient[c] = be
+			distinct[be] = true
+		}
+	}
+	if len(distinct) < 2 {
+		t.Errorf("40 clients all landed on %v: affinity must not pin every client to one backend", distinct)
+	}
+}
+
+func runTC(t *testing.T, prog *ebpf.Program, pkt []byte) (uint32, []byte) {
+	t.Helper()
+	out := make([]byte, len(pkt)+256)
+	ret, err := prog.Run(&ebpf.RunOptions{Data: pkt, DataOut: out})
+	if err != nil {
+		t.Fatalf("tc test run: %v", err)
+	}
+	return ret, out[:len(pkt)]
+}
+
+func nodePortService(local bool, eps ...model.Endpoint) *model.Service {
+	s := webService(eps...)
+	s.Type = model.NodePort
+	s.Ports[0].NodePort = 30080
+	s.ExternalTrafficPolicyLocal = local
+	return s
+}
+
+var (
+	client   = netip.MustParseAddrPort("172.31.0.100:40000")
+	nodePort = netip.MustParseAddrPort("172.31.0.1:30080")
+)
+
+func TestTCNodePortLocalKeepsClient(t *testing.T) {
+	b := newTestBackend(t, Options{})
+	s := nodePortService(true, ep("10.244.1.5", "node1", true, true, false), ep("10.244.2.5", "node2", true, true, false))
+	udp := s.Ports[0]
+	udp.Name, udp.Protocol = "udp", model.UDP
+	s.Ports = append(s.Ports, udp)
+	mustSync(t, b, nil, testState(s))
+	local := netip.MustParseAddrPort("10.244.1.5:8080")
+
+	for _, proto := range []uint8{protoTCP, protoUDP} {
+		ret, out := runTC(t, b.objs.SvcTcIngress, packet(proto, client, nodePort, []byte("hello")))
+		if ret != tcActOK {
+			t.Fatalf("proto %d: ingress verdict %d", proto, ret)
+		}
+		src, dst := tuple(t, out)
+		if src != client || dst != local {
+			t.Fatalf("proto %d: ingress rewrote to %v -> %v, want %v -> %v (Local: client kept, local endpoint only)", proto, src, dst, client, local)
+		}
+		// The reply leaves through the external interface: reverse NAT restores the NodePort.
+		ret, out = runTC(t, b.objs.SvcTcEgress, packet(proto, local, client, []byte("world")))
+		if ret != tcActOK {
+			t.Fatalf("proto %d: egress verdict %d", proto, ret)
+		}
+		src, dst = tuple(t, out)
+		if src != nodePort || dst != client {
+			t.Fatalf("proto %d: reply %v -> %v, want %v -> %v", proto, src, dst, nodePort, client)
+		}
+	}
+	// Traffic not for a service passes untouched.
+	if ret, _ := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, client, netip.MustParseAddrPort("172.31.0.1:22"), nil)); ret != tcActUnspec {
+		t.Errorf("unrelated packet: verdict %d", ret)
+	}
+	if ret, _ := runTC(t, b.objs.SvcTcEgress, packet(protoTCP, netip.MustParseAddrPort("10.244.1.9:8080"), client, nil)); ret != tcActUnspec {
+		t.Errorf("unrelated reply: verdict %d", ret)
+	}
+}
+
+func TestTCRemoteBackendSNATAndReselect(t *testing.T) {
+	b := newTestBackend(t, Options{})
+	remote := netip.MustParseAddrPort("10.244.2.5:8080")
+	s := nodePortService(false, ep("10.244.2.5", "node2", true, true, false))
+	st := testState(s)
+	mustSync(t, b, nil, st)
+	// BPF_PROG_TEST_RUN runs on the loopback device (ifindex 1): give it the node address.
+	if err := b.objs.SvcIfaddrs.Put(uint32(1), addrToBE(nodePort.Addr())); err != nil {
+		t.Fatal(err)
+	}
+
+	ret, out := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, client, nodePort, nil))
+	if ret != tcActOK {
+		t.Fatalf("ingress verdict %d", ret)
+	}
+	src, dst := tuple(t, out)
+	if src.Addr() != nodePort.Addr() || dst != remote {
+		t.Fatalf("remote backend: %v -> %v, want SNAT to %v and DNAT to %v", src, dst, nodePort.Addr(), remote)
+	}
+	snat := src
+	// The backend answers the node; ingress restores client and NodePort.
+	ret, out = runTC(t, b.objs.SvcTcIngress, packet(protoTCP, remote, snat, nil))
+	if ret != tcActOK {
+		t.Fatalf("reply verdict %d", ret)
+	}
+	if src, dst := tuple(t, out); src != nodePort || dst != client {
+		t.Fatalf("reply %v -> %v, want %v -> %v", src, dst, nodePort, client)
+	}
+	// Conntrack: the next packet of the flow uses the same translation.
+	_, out = runTC(t, b.objs.SvcTcIngress, packet(protoTCP, client, nodePort, []byte("x")))
+	if src, dst := tuple(t, out); src != snat || dst != remote {
+		t.Fatalf("second packet %v -> %v, want %v -> %v", src, dst, snat, remote)
+	}
+	// A second client using the same source port gets another SNAT port.
+	other := netip.MustParseAddrPort("172.31.0.101:40000")
+	_, out = runTC(t, b.objs.SvcTcIngress, packet(protoTCP, other, nodePort, nil))
+	if src, _ := tuple(t, out); src == snat {
+		t.Fatalf("two clients share SNAT tuple %v", src)
+	}
+
+	// The backend goes away: the flow is sent to the new one instead of a dead address.
+	st2 := testState(nodePortService(false, ep("10.244.2.6", "node2", true, true, false)))
+	mustSync(t, b, st, st2)
+	_, out = runTC(t, b.objs.SvcTcIngress, packet(protoTCP, client, nodePort, []byte("y")))
+	if _, dst := tuple(t, out); dst != netip.MustParseAddrPort("10.244.2.6:8080") {
+		t.Fatalf("after backend removal the flow still goes to %v", dst)
+	}
+
+	// No endpoints at all: dropped, like kube-proxy's REJECT/DROP.
+	st3 := testState(nodePortService(false))
+	mustSync(t, b, st2, st3)
+	if ret, _ := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, netip.MustParseAddrPort("172.31.0.102:1234"), nodePort, nil)); ret != tcActShot {
+		t.Fatalf("no endpoints: verdict %d, want drop", ret)
+	}
+}
