@@ -35,7 +35,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	p := &parser{file: name, probs: &probs, cfg: &Config{File: name}}
 	p.run(data)
 	if len(probs) > 0 {
-		sortProblems(probs)
+		sortProblems(&probs)
 		return nil, &Error{Problems: probs}
 	}
 	return p.cfg, nil
@@ -276,18 +276,25 @@ func (p *parser) crossChecks() {
 			}
 		}
 		if e.svc.Spec.Type == corev1.ServiceTypeNodePort || e.svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+			// The ports of one service may share a node port number when their protocols
+			// differ (DNS on TCP and UDP), as in Kubernetes.
 			own := map[int32]bool{}
+			ownProto := map[string]bool{}
 			for j, sp := range e.svc.Spec.Ports {
 				if sp.NodePort == 0 {
 					continue
 				}
 				path := e.p(index("spec.ports", j) + ".nodePort")
-				if first, dup := nodePorts[sp.NodePort]; dup && !own[sp.NodePort] {
+				pp := fmt.Sprintf("%d/%s", sp.NodePort, sp.Protocol)
+				first, dup := nodePorts[sp.NodePort]
+				switch {
+				case dup && (!own[sp.NodePort] || ownProto[pp]):
 					e.d.addf(path, "node port %d is also used at line %d", sp.NodePort, first.d.line(first.path))
-				} else if !dup {
+				case !dup:
 					nodePorts[sp.NodePort] = where{e.d, path}
 				}
 				own[sp.NodePort] = true
+				ownProto[pp] = true
 			}
 			if hc := e.svc.Spec.HealthCheckNodePort; hc != 0 {
 				path := e.p("spec.healthCheckNodePort")

@@ -45,8 +45,10 @@ func (e *Error) Error() string {
 }
 
 // sortProblems orders problems by position, keeping the order of discovery for equal ones.
-func sortProblems(ps []Problem) {
-	sort.SliceStable(ps, func(i, j int) bool {
+func sortProblems(ps *[]Problem) {
+	out := *ps
+	sort.SliceStable(out, func(i, j int) bool {
+		ps := out
 		if ps[i].File != ps[j].File {
 			return ps[i].File < ps[j].File
 		}
@@ -71,6 +73,9 @@ type doc struct {
 	// sequence item, of the item).
 	at    map[string]pos
 	probs *[]Problem
+	// bad holds the paths whose value the reader refused: later checks that find the value
+	// missing or zero do not report it again.
+	bad map[string]bool
 }
 
 // where returns the position of path, or of its nearest recorded ancestor.
@@ -87,9 +92,20 @@ func (d *doc) where(path string) pos {
 	}
 }
 
-// addf records a problem at path.
+// addf records a problem at path, unless the reader already refused the value there.
 func (d *doc) addf(path, format string, args ...any) {
+	if d.bad[path] {
+		return
+	}
 	at := d.where(path)
+	*d.probs = append(*d.probs, Problem{File: d.file, Line: at.line, Column: at.col, Field: path, Message: fmt.Sprintf(format, args...)})
+}
+
+// addAt records a problem about path at an explicit position.
+func (d *doc) addAt(at pos, path, format string, args ...any) {
+	if d.bad[path] {
+		return
+	}
 	*d.probs = append(*d.probs, Problem{File: d.file, Line: at.line, Column: at.col, Field: path, Message: fmt.Sprintf(format, args...)})
 }
 
@@ -104,3 +120,12 @@ func join(parent, child string) string {
 }
 
 func index(parent string, i int) string { return fmt.Sprintf("%s[%d]", parent, i) }
+
+// refuse records a problem at path found while reading the value, and marks path bad.
+func (d *doc) refuse(path, format string, args ...any) {
+	d.addf(path, format, args...)
+	if d.bad == nil {
+		d.bad = map[string]bool{}
+	}
+	d.bad[path] = true
+}

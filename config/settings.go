@@ -138,7 +138,11 @@ func (p *parser) nodes() {
 	}
 	var ranges []owned
 	for i, pc := range c.PodCIDRs {
-		ranges = append(ranges, owned{pc, index("podCIDRs", i)})
+		path := "podCIDR"
+		if len(r.PodCIDRs) > 0 {
+			path = index("podCIDRs", i)
+		}
+		ranges = append(ranges, owned{pc, path})
 	}
 	for i, rn := range r.Nodes {
 		path := index("nodes", i)

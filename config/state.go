@@ -80,7 +80,7 @@ func (c *Config) BuildState(nodeName string, pods []model.Pod, alloc Allocator) 
 		}
 	}
 	if len(probs) > 0 {
-		sortProblems(probs)
+		sortProblems(&probs)
 		return nil, &Error{Problems: probs}
 	}
 	st.Sort()

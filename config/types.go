@@ -190,7 +190,7 @@ func (e *entry) p(k8sPath string) string {
 		return join(e.path, "namespace")
 	case k8sPath == "spec.sessionAffinityConfig.clientIP.timeoutSeconds":
 		return join(e.path, "sessionAffinityTimeoutSeconds")
-	case strings.HasPrefix(k8sPath, "status.loadBalancer.ingress["):
+	case strings.HasPrefix(k8sPath, "status.loadBalancer.ingress"):
 		i := strings.TrimPrefix(k8sPath, "status.loadBalancer.ingress")
 		i = strings.TrimSuffix(i, ".ip")
 		return e.path + ".loadBalancerIPs" + i

@@ -23,11 +23,11 @@ var (
 )
 
 // decodeNode reads n into out (a pointer to a struct with json tags), recording positions and
-// problems in d. It reports whether n was decoded without problems.
+// problems in d. Fields with problems are left out, so that the rest can still be checked. It
+// reports false only when nothing could be decoded.
 func decodeNode(d *doc, n *yaml.Node, out any) bool {
-	before := len(*d.probs)
 	v := walk(d, n, reflect.TypeOf(out).Elem(), "")
-	if len(*d.probs) != before {
+	if v == nil {
 		return false
 	}
 	b, err := json.Marshal(v)
@@ -75,7 +75,7 @@ func walk(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 	switch {
 	case t == intOrStringType:
 		if n.Kind != yaml.ScalarNode {
-			d.addf(path, "must be a number or a name, not %s", nodeKind(n))
+			d.refuse(path, "must be a number or a name, not %s", nodeKind(n))
 			return nil
 		}
 		if n.Tag == "!!int" {
@@ -85,7 +85,7 @@ func walk(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 	case reflect.PointerTo(t).Implements(jsonUnmarshalType):
 		var v any
 		if err := n.Decode(&v); err != nil {
-			d.addf(path, "%v", err)
+			d.refuse(path, "%v", err)
 			return nil
 		}
 		b, err := json.Marshal(jsonable(v))
@@ -93,7 +93,7 @@ func walk(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 			err = json.Unmarshal(b, reflect.New(t).Interface())
 		}
 		if err != nil {
-			d.addf(path, "invalid value: %v", err)
+			d.refuse(path, "invalid value: %v", err)
 			return nil
 		}
 		return jsonable(v)
@@ -103,7 +103,7 @@ func walk(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 		return walkStruct(d, n, t, path)
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
-			d.addf(path, "must be a mapping, not %s", nodeKind(n))
+			d.refuse(path, "must be a mapping, not %s", nodeKind(n))
 			return nil
 		}
 		out := map[string]any{}
@@ -111,13 +111,12 @@ func walk(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 			k, v := n.Content[i], n.Content[i+1]
 			kp := join(path, k.Value)
 			if _, dup := out[k.Value]; dup {
-				d.at[kp+"#dup"] = pos{k.Line, k.Column}
-				d.addf(kp+"#dup", "key %q given twice", k.Value)
+				d.addAt(pos{k.Line, k.Column}, kp, "key %q given twice (first at line %d)", k.Value, d.line(kp))
 				continue
 			}
 			d.at[kp] = pos{k.Line, k.Column}
 			if k.Kind != yaml.ScalarNode {
-				d.addf(kp, "keys must be strings")
+				d.refuse(kp, "keys must be strings")
 				continue
 			}
 			out[k.Value] = walk(d, v, t.Elem(), kp)
@@ -125,7 +124,7 @@ func walk(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 		return out
 	case reflect.Slice, reflect.Array:
 		if n.Kind != yaml.SequenceNode {
-			d.addf(path, "must be a list, not %s", nodeKind(n))
+			d.refuse(path, "must be a list, not %s", nodeKind(n))
 			return nil
 		}
 		out := make([]any, 0, len(n.Content))
@@ -137,14 +136,14 @@ func walk(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 		return out
 	case reflect.String:
 		if n.Kind != yaml.ScalarNode {
-			d.addf(path, "must be a string, not %s", nodeKind(n))
+			d.refuse(path, "must be a string, not %s", nodeKind(n))
 			return nil
 		}
 		return n.Value
 	case reflect.Bool:
 		var b bool
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" || n.Decode(&b) != nil {
-			d.addf(path, "must be true or false, not %s", nodeKind(n))
+			d.refuse(path, "must be true or false, not %s", nodeKind(n))
 			return nil
 		}
 		return b
@@ -154,26 +153,26 @@ func walk(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 	case reflect.Float32, reflect.Float64:
 		var f float64
 		if n.Kind != yaml.ScalarNode || n.Decode(&f) != nil {
-			d.addf(path, "must be a number, not %s", nodeKind(n))
+			d.refuse(path, "must be a number, not %s", nodeKind(n))
 			return nil
 		}
 		return f
 	case reflect.Interface:
 		var v any
 		if err := n.Decode(&v); err != nil {
-			d.addf(path, "%v", err)
+			d.refuse(path, "%v", err)
 			return nil
 		}
 		return jsonable(v)
 	}
-	d.addf(path, "cannot read a value of Go type %s", t)
+	d.refuse(path, "cannot read a value of Go type %s", t)
 	return nil
 }
 
 func walkInt(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 	var i int64
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || n.Decode(&i) != nil {
-		d.addf(path, "must be an integer, not %s", nodeKind(n))
+		d.refuse(path, "must be an integer, not %s", nodeKind(n))
 		return nil
 	}
 	lo, hi := int64(math.MinInt64), int64(math.MaxInt64)
@@ -187,7 +186,7 @@ func walkInt(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 		lo = 0
 	}
 	if i < lo || i > hi {
-		d.addf(path, "%d is out of range [%d, %d]", i, lo, hi)
+		d.refuse(path, "%d is out of range [%d, %d]", i, lo, hi)
 		return nil
 	}
 	return i
@@ -228,7 +227,7 @@ func jsonFields(t reflect.Type, out map[string]field) {
 
 func walkStruct(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 	if n.Kind != yaml.MappingNode {
-		d.addf(path, "must be a mapping, not %s", nodeKind(n))
+		d.refuse(path, "must be a mapping, not %s", nodeKind(n))
 		return nil
 	}
 	fields := map[string]field{}
@@ -239,15 +238,14 @@ func walkStruct(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 		k, v := n.Content[i], n.Content[i+1]
 		kp := join(path, k.Value)
 		if seen[k.Value] {
-			d.at[kp+"#dup"] = pos{k.Line, k.Column}
-			d.addf(kp+"#dup", "field %q given twice", k.Value)
+			d.addAt(pos{k.Line, k.Column}, kp, "field %q given twice (first at line %d)", k.Value, d.line(kp))
 			continue
 		}
 		seen[k.Value] = true
 		d.at[kp] = pos{k.Line, k.Column}
 		f, ok := fields[k.Value]
 		if !ok || k.Kind != yaml.ScalarNode {
-			d.addf(kp, "unknown field %q%s", k.Value, suggest(k.Value, fields))
+			d.refuse(kp, "unknown field %q%s", k.Value, suggest(k.Value, fields))
 			continue
 		}
 		if val := walk(d, v, f.typ, kp); val != nil {
