@@ -581,6 +581,9 @@ func (b *Backend) Close() error {
 }
 
 func (b *Backend) closeLocked() {
+	if b.closed {
+		return
+	}
 	for _, l := range b.links {
 		l.Close()
 	}
