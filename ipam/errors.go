@@ -23,19 +23,23 @@ var (
 // ExhaustedError says that no range of a kind had a free item for an allocation.
 type ExhaustedError struct {
 	Kind   Kind
+	Owner  string       // who asked, e.g. "service default/web"; "" when nobody did (Available)
 	Ranges []RangeUsage // the usage of every range that was tried
 }
 
 func (e *ExhaustedError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "ipam: no free %s left", itemNoun(e.Kind))
+	if e.Owner != "" {
+		fmt.Fprintf(&b, " for %s", e.Owner)
+	}
 	for i, r := range e.Ranges {
 		if i == 0 {
 			b.WriteString(" in ")
 		} else {
 			b.WriteString(", nor in ")
 		}
-		fmt.Fprintf(&b, "%s range %s (%d usable, %d allocated, %d cooling down)", r.Kind, r.Range, r.Size, r.Used, r.CoolingDown)
+		fmt.Fprintf(&b, "%s range %s (%d usable, %d allocated, %d cooling down)", kindNoun(r.Kind), r.Range, r.Size, r.Used, r.CoolingDown)
 	}
 	return b.String()
 }
@@ -52,7 +56,7 @@ type ConflictError struct {
 }
 
 func (e *ConflictError) Error() string {
-	return fmt.Sprintf("ipam: %s %s (%s range %s) is already allocated to %s", itemNoun(e.Kind), e.Item, e.Kind, e.Range, e.Owner)
+	return fmt.Sprintf("ipam: %s %s (%s range %s) is already allocated to %s", itemNoun(e.Kind), e.Item, kindNoun(e.Kind), e.Range, e.Owner)
 }
 
 // Is makes errors.Is(err, ErrConflict) true.
@@ -66,4 +70,11 @@ func itemNoun(k Kind) string {
 		return "service VIP"
 	}
 	return "node port"
+}
+
+func kindNoun(k Kind) string {
+	if k == KindNodePort {
+		return "node port"
+	}
+	return string(k)
 }

@@ -184,7 +184,7 @@ func (a *PodAllocator) AllocatePod(ctx context.Context, owner PodOwner) (*PodAll
 		return nil
 	})
 	if err != nil || out != nil {
-		return out, wrapPodErr("allocate", owner, err)
+		return out, wrapPodErr(owner, err)
 	}
 	err = a.s.update(ctx, func(tx *bolt.Tx) error {
 		now := a.s.now()
@@ -236,23 +236,17 @@ func (a *PodAllocator) AllocatePod(ctx context.Context, owner PodOwner) (*PodAll
 		return nil
 	})
 	if err != nil {
-		return nil, wrapPodErr("allocate", owner, err)
+		return nil, wrapPodErr(owner, err)
 	}
 	return out, nil
 }
 
-func wrapPodErr(op string, o PodOwner, err error) error {
-	if err == nil {
-		return nil
-	}
+func wrapPodErr(o PodOwner, err error) error {
 	var ee *ExhaustedError
-	if errors.As(err, &ee) {
-		return fmt.Errorf("ipam: %s for %s: %w", op, o, err)
-	}
-	if strings.HasPrefix(err.Error(), "ipam: ") {
+	if err == nil || errors.As(err, &ee) {
 		return err
 	}
-	return fmt.Errorf("ipam: %s for %s: %w", op, o, err)
+	return fmt.Errorf("ipam: allocate for %s: %w", o, err)
 }
 
 func sameMeta(have, want PodOwner) bool {
@@ -319,7 +313,7 @@ func (a *PodAllocator) take(tx *bolt.Tx, key string, owner PodOwner, fam []*spac
 		}
 		return PodIP{Address: netip.PrefixFrom(addrOfOrd(o, sp.v6), sp.prefix.Bits()), Gateway: sp.gateway}, nil
 	}
-	e := &ExhaustedError{Kind: KindPod}
+	e := &ExhaustedError{Kind: KindPod, Owner: owner.String()}
 	for _, sp := range fam {
 		e.Ranges = append(e.Ranges, p.usage(sp, now, a.s.podCooldown))
 	}

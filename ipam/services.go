@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -48,7 +49,7 @@ type ServiceAllocator struct {
 	calls   int             // allocation calls since the last Retain
 }
 
-// The package does not import config (whose loader imports this package's user, the daemon);
+// Package ipam does not import package config, so that it builds and tests on its own;
 // ipam/configcheck asserts at compile time that *ServiceAllocator implements config.Allocator.
 
 // NewServiceAllocator returns the store's service VIP and node port allocator. It fails when a
@@ -260,19 +261,18 @@ func (a *ServiceAllocator) allocate(ctx context.Context, sp *space, req itemReq)
 			}
 		}
 		if !ok {
-			return &ExhaustedError{Kind: sp.kind, Ranges: []RangeUsage{p.usage(sp, now, 0)}}
+			return &ExhaustedError{Kind: sp.kind, Owner: req.owner, Ranges: []RangeUsage{p.usage(sp, now, 0)}}
 		}
 		got = o
 		return a.takeNew(tx, p, sp, req, o, now, true)
 	})
 	if err != nil {
-		if _, ok := err.(*ConflictError); ok {
+		var ce *ConflictError
+		var ee *ExhaustedError
+		if errors.As(err, &ce) || errors.As(err, &ee) || errors.Is(err, ErrOutOfRange) {
 			return ord{}, err
 		}
-		if _, ok := err.(*ExhaustedError); ok {
-			return ord{}, fmt.Errorf("ipam: allocate for %s: %w", req.owner, err)
-		}
-		return ord{}, err
+		return ord{}, fmt.Errorf("ipam: allocate for %s: %w", req.owner, err)
 	}
 	return got, nil
 }
