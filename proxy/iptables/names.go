@@ -92,17 +92,49 @@ func endpointID(pid string, ap netip.AddrPort) string {
 // nameCache remembers hashes across syncs, so a partial sync of 10,000 services does not
 // hash every endpoint again.
 type nameCache struct {
-	m map[string]string
+	ports map[string]*portNames
+	// used counts endpoint lookups since the last sweep; size counts cached endpoint names.
+	used, size int
 }
 
-func (c *nameCache) hash(id string) string {
-	if h, ok := c.m[id]; ok {
-		return h
+type portNames struct {
+	hash string
+	eps  map[netip.AddrPort]string
+}
+
+// port returns the names cache of port id, creating it with its hash.
+func (c *nameCache) port(id string) *portNames {
+	if pn, ok := c.ports[id]; ok {
+		return pn
 	}
-	h := hashName(id)
-	if c.m == nil {
-		c.m = make(map[string]string)
+	pn := &portNames{hash: hashName(id)}
+	if c.ports == nil {
+		c.ports = make(map[string]*portNames)
 	}
-	c.m[id] = h
-	return h
+	c.ports[id] = pn
+	return pn
+}
+
+// endpoint returns the full chain name of endpoint ap of port id.
+func (c *nameCache) endpoint(pn *portNames, id string, ap netip.AddrPort) string {
+	c.used++
+	if n, ok := pn.eps[ap]; ok {
+		return n
+	}
+	n := kindEndpoint + hashName(endpointID(id, ap))
+	if pn.eps == nil {
+		pn.eps = make(map[netip.AddrPort]string, 4)
+	}
+	pn.eps[ap] = n
+	c.size++
+	return n
+}
+
+// sweep is called after a full plan: when the cache holds far more endpoint names than the
+// plan used, it is dropped, so names of removed services do not accumulate without bound.
+func (c *nameCache) sweep() {
+	if c.size > 2*c.used+1024 {
+		c.ports, c.size = nil, 0
+	}
+	c.used = 0
 }

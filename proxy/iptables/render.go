@@ -124,6 +124,9 @@ type Planner struct {
 	cfg   Config
 	names nameCache
 	probs []string
+	// hint holds the section sizes of the previous full and partial plan, so buffers are
+	// allocated once.
+	hint [2][6]int
 }
 
 // NewPlanner returns a Planner for cfg.
@@ -172,6 +175,7 @@ type portPlan struct {
 	proto string // "tcp", "udp", "sctp"
 	cat   model.Categorized
 	hash  string
+	names *portNames
 
 	clusterIPs, externalIPs, lbIPs []netip.Addr
 	sourceRanges                   []netip.Prefix
@@ -239,7 +243,8 @@ func (pl *Planner) planPort(st *model.State, s *model.Service, p *model.ServiceP
 	f := pl.cfg.Family
 	pp := portPlan{svc: s, port: p, proto: lowerProto(p.Protocol)}
 	pp.id = portID(s, p)
-	pp.hash = pl.names.hash(pp.id)
+	pp.names = pl.names.port(pp.id)
+	pp.hash = pp.names.hash
 	pp.cat = model.CategorizeEndpoints(s, familyPort(f, p), st.NodeName, st.Zone)
 	for _, a := range s.ClusterIPs {
 		if f.has(a) {
@@ -332,20 +337,8 @@ func (t *tableText) bytes(table string) []byte {
 func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, full bool) *Plan {
 	full = full || prev == nil || changes.Settings
 	c := pl.cfg
-	if full {
-		// Start a fresh cache so names of removed services do not accumulate.
-		old := pl.names.m
-		pl.names.m = make(map[string]string, len(old))
-		for _, s := range st.Services {
-			for i := range s.Ports {
-				id := portID(s, &s.Ports[i])
-				if h, ok := old[id]; ok {
-					pl.names.m[id] = h
-				}
-			}
-		}
-	}
 	var nat, filter tableText
+	pl.presize(st, full, &nat, &filter)
 	hostMask := "/32"
 	if c.Family == IPv6 {
 		hostMask = "/128"
@@ -430,7 +423,6 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 	}
 
 	next := &Written{services: make(map[model.ServiceKey][]string, len(st.Services)), orphans: map[string][]string{}}
-	written := map[string]struct{}{}
 	plan := &Plan{Full: full}
 	var pps []portPlan
 	var nodePortRules writer
@@ -443,6 +435,10 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 			plan.ServicesWritten++
 		}
 		var chains []string
+		reuse := false
+		if !rewrite && prev != nil {
+			chains, reuse = prev.services[s.Key]
+		}
 		pps = pps[:0]
 		for i := range s.Ports {
 			pps = append(pps, pl.planPort(st, s, &s.Ports[i]))
@@ -537,17 +533,12 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 			}
 
 			// Per-service chains.
-			if !pp.hasEndpoints {
+			if !pp.hasEndpoints || reuse {
 				continue
 			}
 			chains = pl.serviceChains(pp, chains, rewrite, &nat, st.MasqueradeAll, clusterCIDRs, hostMask)
 		}
 		next.services[s.Key] = chains
-		if rewrite {
-			for _, ch := range chains {
-				written[ch] = struct{}{}
-			}
-		}
 	}
 
 	// Node ports are matched last, on local addresses only (all of them, or those within
@@ -580,6 +571,14 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 	// full sync every other known chain.
 	var del []string
 	if prev != nil {
+		written := map[string]struct{}{}
+		for _, s := range st.Services {
+			if _, changed := changes.Services[s.Key]; full || changed {
+				for _, ch := range next.services[s.Key] {
+					written[ch] = struct{}{}
+				}
+			}
+		}
 		for k, chs := range prev.services {
 			_, changed := changes.Services[k]
 			if !full && !changed {
@@ -629,11 +628,52 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 		plan.Deleted = append(plan.Deleted, ch)
 	}
 
+	pl.remember(full, &nat, &filter)
+	if full {
+		pl.names.sweep()
+	}
 	plan.NAT = nat.bytes("nat")
 	plan.Filter = filter.bytes("filter")
 	plan.Rules = nat.nrules + filter.nrules
 	plan.Written = next
 	return plan
+}
+
+func (pl *Planner) presize(st *model.State, full bool, nat, filter *tableText) {
+	h := pl.hint[0]
+	if !full {
+		h = pl.hint[1]
+	}
+	if h == ([6]int{}) {
+		ports, eps := 0, 0
+		for _, s := range st.Services {
+			ports += len(s.Ports)
+			for i := range s.Ports {
+				eps += len(s.Ports[i].Endpoints)
+			}
+		}
+		h = [6]int{ports*80 + eps*40 + 512, 0, ports*160 + 1024, ports*600 + eps*330, 512, ports*40 + 1024}
+		if !full {
+			h[3] = 0
+		}
+	}
+	nat.decl.b = make([]byte, 0, h[0])
+	nat.del.b = make([]byte, 0, h[1])
+	nat.rules.b = make([]byte, 0, h[2])
+	nat.chains.b = make([]byte, 0, h[3])
+	filter.decl.b = make([]byte, 0, h[4])
+	filter.rules.b = make([]byte, 0, h[5])
+}
+
+func (pl *Planner) remember(full bool, nat, filter *tableText) {
+	grow := func(n int) int { return n + n/8 + 256 }
+	h := [6]int{grow(len(nat.decl.b)), grow(len(nat.del.b)), grow(len(nat.rules.b)), grow(len(nat.chains.b)),
+		grow(len(filter.decl.b)), grow(len(filter.rules.b))}
+	if full {
+		pl.hint[0] = h
+	} else {
+		pl.hint[1] = h
+	}
 }
 
 // serviceChains records the chains of one port with endpoints in chains and, when rewrite is
@@ -648,26 +688,27 @@ func (pl *Planner) serviceChains(pp *portPlan, chains []string, rewrite bool, na
 		chain string
 	}
 	eps := make([]epc, 0, len(pp.cat.Cluster)+len(pp.cat.Local))
-	seen := func(ap netip.AddrPort) bool {
-		for _, e := range eps {
-			if e.ep.AddrPort() == ap {
-				return true
-			}
-		}
-		return false
-	}
-	epChain := func(e model.Endpoint) string {
-		return kindEndpoint + pl.names.hash(endpointID(pp.id, e.AddrPort()))
-	}
+	var clusterNames, localNames []string
 	if pp.usesCluster {
-		for _, e := range pp.cat.Cluster {
-			eps = append(eps, epc{e, epChain(e)})
+		clusterNames = make([]string, len(pp.cat.Cluster))
+		for i, e := range pp.cat.Cluster {
+			clusterNames[i] = pl.names.endpoint(pp.names, pp.id, e.AddrPort())
+			eps = append(eps, epc{e, clusterNames[i]})
 		}
 	}
 	if pp.usesLocal {
-		for _, e := range pp.cat.Local {
-			if !pp.usesCluster || !seen(e.AddrPort()) {
-				eps = append(eps, epc{e, epChain(e)})
+		localNames = make([]string, len(pp.cat.Local))
+		var inCluster map[string]bool
+		if pp.usesCluster {
+			inCluster = make(map[string]bool, len(clusterNames))
+			for _, n := range clusterNames {
+				inCluster[n] = true
+			}
+		}
+		for i, e := range pp.cat.Local {
+			localNames[i] = pl.names.endpoint(pp.names, pp.id, e.AddrPort())
+			if !inCluster[localNames[i]] {
+				eps = append(eps, epc{e, localNames[i]})
 			}
 		}
 	}
@@ -697,24 +738,16 @@ func (pl *Planner) serviceChains(pp *portPlan, chains []string, rewrite bool, na
 			affinity = 1
 		}
 	}
-	chainOf := func(e model.Endpoint) string {
-		for _, x := range eps {
-			if x.ep.AddrPort() == e.AddrPort() {
-				return x.chain
-			}
-		}
-		return epChain(e)
-	}
-	balance := func(chain string, list []model.Endpoint) {
+	balance := func(chain string, list []model.Endpoint, names []string) {
 		if affinity > 0 {
-			for _, e := range list {
+			for i := range list {
 				w := nat.chainRule(chain)
 				w.s(" -m recent --name ")
-				w.s(chainOf(e))
+				w.s(names[i])
 				w.s(" --rcheck --seconds ")
 				w.u(uint64(affinity))
 				w.s(" --reap -j ")
-				w.s(chainOf(e))
+				w.s(names[i])
 				w.s("\n")
 			}
 		}
@@ -731,7 +764,7 @@ func (pl *Planner) serviceChains(pp *portPlan, chains []string, rewrite bool, na
 				w.s(pl.probability(n - i))
 			}
 			w.s(" -j ")
-			w.s(chainOf(e))
+			w.s(names[i])
 			w.s("\n")
 		}
 	}
@@ -768,11 +801,11 @@ func (pl *Planner) serviceChains(pp *portPlan, chains []string, rewrite bool, na
 				w.s(" -j " + ChainMasqNonPod + "\n")
 			}
 		}
-		balance(sChain, pp.cat.Cluster)
+		balance(sChain, pp.cat.Cluster, clusterNames)
 	}
 	if pp.usesLocal {
 		nat.declare(lChain)
-		balance(lChain, pp.cat.Local)
+		balance(lChain, pp.cat.Local, localNames)
 	}
 	if pp.external {
 		nat.declare(xChain)
