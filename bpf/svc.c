@@ -204,6 +204,35 @@ static __always_inline int nat(struct __sk_buff *skb, struct pkt *p, __u32 saddr
 	return TC_ACT_OK;
 }
 
+/* fib_redirect sends a packet whose source is now a node address out of the node directly:
+ * the stack would drop it as a martian (a local source arriving from outside). */
+static __always_inline int fib_redirect(struct __sk_buff *skb, __u32 saddr, __u32 daddr)
+{
+	struct bpf_fib_lookup fib = {
+		.family = SVC_AF_INET,
+		.ipv4_src = saddr,
+		.ipv4_dst = daddr,
+		.ifindex = skb->ifindex,
+	};
+	__u32 ifindex = skb->ifindex;
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		ifindex = fib.ifindex;
+	return bpf_redirect_neigh(ifindex, 0, 0, 0);
+}
+
+/* nat_out rewrites like nat and then, for flows SNATed to the node, redirects. */
+static __always_inline int nat_out(struct __sk_buff *skb, struct pkt *p, __u8 snat, __u32 saddr,
+				   __u16 sport, __u32 daddr, __u16 dport)
+{
+	int ret = nat(skb, p, saddr, sport, daddr, dport);
+
+	if (ret != TC_ACT_OK || !snat)
+		return ret;
+	return fib_redirect(skb, saddr, daddr);
+}
+
 /* snat_port picks the source port a SNATed flow uses toward backend be: the client's own port
  * when free, else a random one; 0 when none was found. */
 static __always_inline __u16 snat_port(struct pkt *p, __u32 node, __u32 be_addr, __u16 be_port)
@@ -253,13 +282,13 @@ int svc_tc_ingress(struct __sk_buff *skb)
 			if (!ct->snat)
 				return TC_ACT_UNSPEC;
 			ct->last_ns = now;
-			return nat(skb, &p, ct->nat_saddr, ct->nat_sport, ct->nat_daddr, ct->nat_dport);
+			return nat_out(skb, &p, 1, ct->nat_saddr, ct->nat_sport, ct->nat_daddr, ct->nat_dport);
 		}
 		__u32 id = ct->backend_id;
 		be = bpf_map_lookup_elem(&svc_backends, &id);
 		if (be && be->addr == ct->nat_daddr && be->port == ct->nat_dport) {
 			ct->last_ns = now;
-			return nat(skb, &p, ct->nat_saddr, ct->nat_sport, ct->nat_daddr, ct->nat_dport);
+			return nat_out(skb, &p, ct->snat, ct->nat_saddr, ct->nat_sport, ct->nat_daddr, ct->nat_dport);
 		}
 		/* The backend went away: choose again (like kube-proxy's stale UDP cleanup). */
 		bpf_map_delete_elem(&svc_ct, &ck);
@@ -324,7 +353,7 @@ int svc_tc_ingress(struct __sk_buff *skb)
 	if (bpf_map_update_elem(&svc_ct, &rk, &rev, BPF_ANY) < 0 ||
 	    bpf_map_update_elem(&svc_ct, &ck, &fwd, BPF_ANY) < 0)
 		return TC_ACT_SHOT;
-	return nat(skb, &p, nat_saddr, nat_sport, r.be_addr, r.be_port);
+	return nat_out(skb, &p, snat, nat_saddr, nat_sport, r.be_addr, r.be_port);
 }
 
 SEC("tc")

@@ -19,6 +19,7 @@ const (
 	tcActOK     = 0
 	tcActShot   = 2
 	tcActUnspec = 0xffffffff
+	tcActRedir  = 7
 )
 
 // selectOnce runs the shared selection code (svc_test_select) for one request.
@@ -188,9 +189,10 @@ func TestTCRemoteBackendSNATAndReselect(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// SNATed packets carry a node address as source: they are redirected out directly.
 	ret, out := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, client, nodePort, nil))
-	if ret != tcActOK {
-		t.Fatalf("ingress verdict %d", ret)
+	if ret != tcActRedir {
+		t.Fatalf("ingress verdict %d, want redirect", ret)
 	}
 	src, dst := tuple(t, out)
 	if src.Addr() != nodePort.Addr() || dst != remote {
@@ -199,7 +201,7 @@ func TestTCRemoteBackendSNATAndReselect(t *testing.T) {
 	snat := src
 	// The backend answers the node; ingress restores client and NodePort.
 	ret, out = runTC(t, b.objs.SvcTcIngress, packet(protoTCP, remote, snat, nil))
-	if ret != tcActOK {
+	if ret != tcActRedir {
 		t.Fatalf("reply verdict %d", ret)
 	}
 	if src, dst := tuple(t, out); src != nodePort || dst != client {

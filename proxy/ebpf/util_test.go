@@ -52,6 +52,17 @@ func privateBPFFS(t *testing.T) string {
 func newTestBackend(t *testing.T, opts Options) *Backend {
 	t.Helper()
 	requireRoot(t)
+	b, err := newTestBackendIn(t, "", opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return b
+}
+
+// newTestBackendIn creates a Backend on a thread inside network namespace ns ("" = the
+// test's own), with a private bpffs unless opts names a pin path, and cleans it up at the end.
+func newTestBackendIn(t *testing.T, ns string, opts Options) (*Backend, error) {
+	t.Helper()
 	if opts.PinPath == "" {
 		opts.PinPath = privateBPFFS(t)
 	}
@@ -60,16 +71,22 @@ func newTestBackend(t *testing.T, opts Options) *Backend {
 	}
 	opts.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	opts.withTestProgram = true
-	b, err := New(opts)
+	var b *Backend
+	var err error
+	if ns == "" {
+		b, err = New(opts)
+	} else {
+		inNetns(t, ns, func() { b, err = New(opts) })
+	}
 	if err != nil {
-		t.Fatalf("New: %v", err)
+		return nil, err
 	}
 	t.Cleanup(func() {
 		if err := b.Cleanup(context.Background()); err != nil {
 			t.Errorf("Cleanup: %v", err)
 		}
 	})
-	return b
+	return b, nil
 }
 
 type testWriter struct{ t *testing.T }

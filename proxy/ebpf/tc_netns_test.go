@@ -1,0 +1,142 @@
+package ebpf
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/svcproxy/svcproxy/proxy/model"
+)
+
+// nodeNet is an underlay 172.31.0.0/24 (a bridge in its own namespace) joining an outside
+// client (.100), this node (.1, with pod 10.244.1.5 behind a veth) and a second node (.2,
+// hosting pod 10.244.2.5 on itself). Servers on both pods answer "<local> from <remote>".
+type nodeNet struct {
+	client, node, node2, pod string
+	nodeIf                   string
+}
+
+func newNodeNet(t *testing.T) nodeNet {
+	t.Helper()
+	n := nodeNet{client: netnsAdd(t, "svcx-"), node: netnsAdd(t, "svcn-"), node2: netnsAdd(t, "svcm-"), pod: netnsAdd(t, "svcq-")}
+	lan := netnsAdd(t, "svcl-")
+	run(t, "ip", "-n", lan, "link", "add", "br0", "type", "bridge")
+	run(t, "ip", "-n", lan, "link", "set", "br0", "up")
+	plug := func(ns, addr string) string {
+		in, out := randName("ve"), randName("vb")
+		run(t, "ip", "link", "add", in, "netns", ns, "type", "veth", "peer", "name", out, "netns", lan)
+		run(t, "ip", "-n", lan, "link", "set", out, "master", "br0", "up")
+		run(t, "ip", "-n", ns, "addr", "add", addr, "dev", in)
+		run(t, "ip", "-n", ns, "link", "set", in, "up")
+		return in
+	}
+	plug(n.client, "172.31.0.100/24")
+	n.nodeIf = plug(n.node, "172.31.0.1/24")
+	plug(n.node2, "172.31.0.2/24")
+	run(t, "ip", "-n", n.node2, "addr", "add", "10.244.2.5/32", "dev", "lo")
+
+	vn, vp := randName("vn"), randName("vp")
+	run(t, "ip", "link", "add", vn, "netns", n.node, "type", "veth", "peer", "name", vp, "netns", n.pod)
+	run(t, "ip", "-n", n.node, "addr", "add", "10.244.1.1/24", "dev", vn)
+	run(t, "ip", "-n", n.node, "link", "set", vn, "up")
+	run(t, "ip", "-n", n.pod, "addr", "add", "10.244.1.5/24", "dev", vp)
+	run(t, "ip", "-n", n.pod, "link", "set", vp, "up")
+	run(t, "ip", "-n", n.pod, "route", "add", "default", "via", "10.244.1.1")
+	run(t, "ip", "-n", n.node, "route", "add", "10.244.2.0/24", "via", "172.31.0.2")
+	run(t, "ip", "netns", "exec", n.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+	for _, srv := range []struct{ ns, addr string }{{n.pod, "10.244.1.5:8080"}, {n.node2, "10.244.2.5:8080"}} {
+		var ln net.Listener
+		var err error
+		inNetns(t, srv.ns, func() { ln, err = net.Listen("tcp4", srv.addr) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				_, _ = c.Write([]byte(c.LocalAddr().String() + " from " + c.RemoteAddr().(*net.TCPAddr).IP.String() + "\n"))
+				c.Close()
+			}
+		}()
+	}
+	return n
+}
+
+func dialFrom(t *testing.T, ns, addr string) (string, error) {
+	t.Helper()
+	var line string
+	var err error
+	inNetns(t, ns, func() {
+		var c net.Conn
+		c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		line, err = bufio.NewReader(c).ReadString('\n')
+	})
+	return strings.TrimSpace(line), err
+}
+
+// TestTCRealKernel sends real connections from a client outside the node to NodePorts
+// handled by the TCX programs on the node's underlay interface.
+func TestTCRealKernel(t *testing.T) {
+	requireRoot(t)
+	n := newNodeNet(t)
+	eps := func(nodes ...string) []model.Endpoint {
+		var out []model.Endpoint
+		for _, node := range nodes {
+			ip := map[string]string{"node1": "10.244.1.5", "node2": "10.244.2.5"}[node]
+			out = append(out, model.Endpoint{IP: netip.MustParseAddr(ip), Port: 8080, NodeName: node, Ready: true, Serving: true})
+		}
+		return out
+	}
+	svc := func(name, vip string, nodePort uint16, local bool, e []model.Endpoint) *model.Service {
+		return &model.Service{
+			Key: model.ServiceKey{Namespace: "default", Name: name}, Type: model.NodePort,
+			ClusterIPs:                 []netip.Addr{netip.MustParseAddr(vip)},
+			ExternalTrafficPolicyLocal: local,
+			Ports:                      []model.ServicePort{{Protocol: model.TCP, Port: 80, NodePort: nodePort, Endpoints: e}},
+		}
+	}
+	st := testState(
+		svc("local", "10.96.0.20", 30080, true, eps("node1", "node2")),
+		svc("remote", "10.96.0.21", 30081, false, eps("node2")),
+	)
+	b, err := newTestBackendIn(t, n.node, Options{Interfaces: []string{n.nodeIf}})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	inNetns(t, n.node, func() { _, err = b.Sync(context.Background(), st, model.Diff(nil, st), true) })
+	if err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+
+	// externalTrafficPolicy Local: only the local endpoint, client address kept.
+	for i := 0; i < 5; i++ {
+		got, err := dialFrom(t, n.client, "172.31.0.1:30080")
+		if err != nil || got != "10.244.1.5:8080 from 172.31.0.100" {
+			t.Fatalf("NodePort with Local policy: %q, %v", got, err)
+		}
+	}
+	// Cluster policy to a backend on another node: SNAT to the node so the reply returns.
+	for i := 0; i < 3; i++ {
+		got, err := dialFrom(t, n.client, "172.31.0.1:30081")
+		if err != nil || got != "10.244.2.5:8080 from 172.31.0.1" {
+			t.Fatalf("NodePort to a remote backend: %q, %v", got, err)
+		}
+	}
+	if ok, err := b.Verify(context.Background()); err != nil || !ok {
+		t.Errorf("Verify = %v, %v", ok, err)
+	}
+}
