@@ -62,6 +62,7 @@ var yamlLine = regexp.MustCompile(`line (\d+)`)
 
 func (p *parser) run(data []byte) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
+	docs := 0
 	for i := 0; ; i++ {
 		var n yaml.Node
 		err := dec.Decode(&n)
@@ -79,7 +80,13 @@ func (p *parser) run(data []byte) {
 		if len(n.Content) == 0 || isNull(n.Content[0]) {
 			continue // empty document
 		}
+		docs++
 		p.document(i, n.Content[0])
+	}
+	if docs == 0 {
+		// Most likely a file caught half-written: refusing it keeps the last good state.
+		*p.probs = append(*p.probs, Problem{File: p.file, Line: 1, Column: 1, Message: "the file holds no YAML document"})
+		return
 	}
 	p.settings()
 	p.services()
