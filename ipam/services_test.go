@@ -380,3 +380,61 @@ func TestServiceExplicitTakesExpired(t *testing.T) {
 		t.Fatalf("VIP after grace = %v, %v; want %v", got, err, vip)
 	}
 }
+
+func TestNodePortRangeChange(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir, newFakeClock(), Options{})
+	a := svcAlloc(t, s, ServiceOptions{NodePortRange: PortRange{30000, 30099}})
+	dyn, err := a.NodePort(portKey("web", "http"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.NodePort(portKey("db", "sql"), 30010); err != nil {
+		t.Fatal(err)
+	}
+	// The range moves: the dynamic port is replaced by one in the new range; the explicit one,
+	// now outside, is refused; the old ports stay reserved against explicit requests in a
+	// range that overlaps them.
+	b := svcAlloc(t, s, ServiceOptions{NodePortRange: PortRange{30050, 30200}})
+	got, err := b.NodePort(portKey("web", "http"), 0)
+	if err != nil || got < 30050 || got > 30200 || got == dyn {
+		t.Fatalf("dynamic port after the range changed = %d, %v; want a new one in 30050-30200 (had %d)", got, err, dyn)
+	}
+	if _, err := b.NodePort(portKey("db", "sql"), 30010); !errors.Is(err, ErrOutOfRange) || !strings.Contains(err.Error(), "30050-30200") {
+		t.Fatalf("explicit port outside the new range: %v", err)
+	}
+	if err := s.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestServiceRun: Run sweeps on its own; the grace period is measured on the injected clock,
+// only the ticker is real (the test waits for it with a timeout).
+func TestServiceRun(t *testing.T) {
+	clock := newFakeClock()
+	s := openStore(t, t.TempDir(), clock, Options{})
+	a := svcAlloc(t, s, ServiceOptions{})
+	if _, err := a.ServiceIP(svcKey("gone"), netip.MustParsePrefix("10.96.0.0/16"), netip.Addr{}); err != nil {
+		t.Fatal(err)
+	}
+	a.Retain(nil)
+	clock.Advance(DefaultGracePeriod)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx, time.Millisecond); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := a.Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Items) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Run did not free the expired VIP within 10 s: %+v", st.Items)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
