@@ -527,7 +527,7 @@ func (b *Backend) Verify(ctx context.Context) (bool, error) {
 			return false, nil
 		}
 	}
-	for name, m := range b.coll.Maps {
+	for name, m := range b.maps() {
 		pinned, err := ebpf.LoadPinnedMap(filepath.Join(b.opts.PinPath, name), nil)
 		if errors.Is(err, os.ErrNotExist) {
 			b.log.Warn("ebpf: pinned map missing", "map", name)
@@ -550,6 +550,27 @@ func (b *Backend) Verify(ctx context.Context) (bool, error) {
 		}
 	}
 	return ctx.Err() == nil, ctx.Err()
+}
+
+// maps returns the loaded maps by name.
+func (b *Backend) maps() map[string]*ebpf.Map {
+	o := &b.objs.SvcMaps
+	return map[string]*ebpf.Map{
+		svcbpf.SvcMapSvcServices: o.SvcServices, svcbpf.SvcMapSvcBackends: o.SvcBackends,
+		svcbpf.SvcMapSvcRevnat: o.SvcRevnat, svcbpf.SvcMapSvcSockRevnat: o.SvcSockRevnat,
+		svcbpf.SvcMapSvcAffinity: o.SvcAffinity, svcbpf.SvcMapSvcCt: o.SvcCt,
+		svcbpf.SvcMapSvcIfaddrs: o.SvcIfaddrs, svcbpf.SvcMapSvcDestroy: o.SvcDestroy,
+	}
+}
+
+// programs returns the loaded programs (svc_test_select only when loaded for tests).
+func (b *Backend) programs() []*ebpf.Program {
+	o := &b.objs.SvcPrograms
+	ps := []*ebpf.Program{o.SvcConnect4, o.SvcSendmsg4, o.SvcRecvmsg4, o.SvcGetpeername4, o.SvcTcIngress, o.SvcTcEgress, o.SvcDestroyUdp}
+	if o.SvcTestSelect != nil {
+		ps = append(ps, o.SvcTestSelect)
+	}
+	return ps
 }
 
 // Cleanup implements proxy.Backend: it detaches every link, unpins every map and link, removes
@@ -588,6 +609,7 @@ func (b *Backend) closeLocked() {
 		l.Close()
 	}
 	b.links = map[string]link.Link{}
+	_ = b.objs.Close()
 	if b.coll != nil {
 		b.coll.Close()
 	}
