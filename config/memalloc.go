@@ -12,9 +12,10 @@ import (
 // MemOption configures NewMemAllocator.
 type MemOption func(*memAllocator)
 
-// WithNodePortRange sets the range node ports are allocated from (default 30000-32767).
+// WithNodePortRange sets the range node ports are allocated from. Without it, the range is
+// the nodePortRange of the config whose BuildState uses the allocator (30000-32767 until then).
 func WithNodePortRange(r PortRange) MemOption {
-	return func(m *memAllocator) { m.ports = r }
+	return func(m *memAllocator) { m.ports, m.fixedPorts = r, true }
 }
 
 // NewMemAllocator returns an Allocator that keeps everything in memory: for tests and for
@@ -39,10 +40,11 @@ func NewMemAllocator(opts ...MemOption) Allocator {
 }
 
 type memAllocator struct {
-	mu      sync.Mutex
-	ports   PortRange
-	ipOwner map[netip.Addr]model.ServiceKey
-	ipsOf   map[model.ServiceKey]map[netip.Prefix]netip.Addr
+	mu         sync.Mutex
+	ports      PortRange
+	fixedPorts bool // set by WithNodePortRange
+	ipOwner    map[netip.Addr]model.ServiceKey
+	ipsOf      map[model.ServiceKey]map[netip.Prefix]netip.Addr
 	// portUser maps a node port to its users (port or health-check keys) and their service;
 	// the ports of one service may share a node port (e.g. TCP and UDP 53).
 	portUser map[uint16]map[string]model.ServiceKey
@@ -110,6 +112,16 @@ func (m *memAllocator) freeIP(from, to netip.Addr) (netip.Addr, bool) {
 		}
 	}
 	return netip.Addr{}, false
+}
+
+// useNodePortRange adopts the node port range of the config being built, unless the range
+// was fixed by WithNodePortRange.
+func (m *memAllocator) useNodePortRange(r PortRange) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.fixedPorts {
+		m.ports = r
+	}
 }
 
 // NodePort implements Allocator.

@@ -52,6 +52,9 @@ func (c *Config) BuildState(nodeName string, pods []model.Pod, alloc Allocator) 
 		st.Nodes = append(st.Nodes, n)
 		zones[n.Name] = n.Zone
 	}
+	if r, ok := alloc.(interface{ useNodePortRange(PortRange) }); ok {
+		r.useNodePortRange(c.NodePortRange)
+	}
 	alloc.Retain(c.ServiceKeys())
 
 	slicesOf := map[model.ServiceKey][]*discoveryv1.EndpointSlice{}

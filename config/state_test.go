@@ -394,6 +394,14 @@ services:
 	if p1.Line != 12 || p1.Field != "services[1].ports[0].nodePort" || !strings.Contains(p1.Message, "already allocated to service default/a") {
 		t.Errorf("problem 1 = %s", p1)
 	}
+	// Without WithNodePortRange, the allocator takes the config's range.
+	st, err = cfg.BuildState("n", nil, NewMemAllocator())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if np := st.Service(model.ServiceKey{Namespace: "default", Name: "a"}).Ports[0].NodePort; np != 30016 {
+		t.Errorf("node port from a fresh allocator = %d; want 30016 (band offset 16 of 30000-30100)", np)
+	}
 	// Once a is gone from the file, b can have them.
 	cfg3, err := Parse("a.yaml", []byte(fmt.Sprintf(`apiVersion: svcproxy.io/v1alpha1
 kind: ProxyConfig
@@ -407,5 +415,26 @@ services:
 	}
 	if _, err := cfg3.BuildState("n", nil, alloc); err != nil {
 		t.Errorf("after a left: %v", err)
+	}
+}
+
+// TestBrokenExample keeps deploy/examples/broken.yaml broken in the ways it shows off.
+func TestBrokenExample(t *testing.T) {
+	_, err := Load("../deploy/examples/broken.yaml")
+	var perr *Error
+	if !errors.As(err, &perr) {
+		t.Fatalf("Load(broken.yaml) = %v; want *Error", err)
+	}
+	want := []string{
+		"6 mode", "8 podCIDR", "13 services[0].clusterIP", "15 services[0].ports[0].targetPort",
+		"19 services[1].sessionAffinity", "23 services[1].endpoints[0].ip", "24 services[1].endpoints[1].nodname",
+		"29 services[2].ports[0].nodePort", "30 services[2].ports[1].name", "31 services[3].name",
+	}
+	var got []string
+	for _, p := range perr.Problems {
+		got = append(got, fmt.Sprintf("%d %s", p.Line, p.Field))
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("problems:\n%v\nwant:\n%v\n%v", got, want, err)
 	}
 }
