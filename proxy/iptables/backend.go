@@ -61,6 +61,10 @@ type Backend struct {
 	lastState *model.State
 	needFull  bool
 	readKern  bool // read the kernel's chains before the next full sync
+	// lastFilter is the filter input of the last successful sync. The filter table holds only
+	// chains rewritten by every sync, so restoring it again undoes a newer filter write when
+	// the nat write after it fails.
+	lastFilter []byte
 }
 
 var _ proxy.Backend = (*Backend)(nil)
@@ -312,6 +316,11 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 		return res, err
 	}
 	if err := b.restore(ctx, "nat", plan.NAT); err != nil {
+		if b.lastFilter != nil {
+			if rerr := b.restore(ctx, "filter", b.lastFilter); rerr != nil {
+				b.log.Error("rolling back the filter table after the nat table was refused failed", "err", rerr)
+			}
+		}
 		return res, err
 	}
 	if plan.Full {
@@ -321,6 +330,7 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 	}
 	b.needFull, b.readKern = false, false
 	b.written = plan.Written
+	b.lastFilter = plan.Filter
 	prevState := b.lastState
 	b.lastState = st
 	b.log.Debug("iptables sync", "full", plan.Full, "services", plan.ServicesWritten, "rules", plan.Rules,
@@ -366,9 +376,28 @@ func (b *Backend) Verify(ctx context.Context) (bool, error) {
 func (b *Backend) Cleanup(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.needFull, b.readKern, b.written, b.lastState = true, true, nil, nil
+	b.needFull, b.readKern, b.written, b.lastState, b.lastFilter = true, true, nil, nil, nil
 	var errs []error
+	chains := map[string][]string{}
+	for _, t := range []string{"filter", "nat"} {
+		ch, err := b.kernelChains(ctx, t)
+		if err != nil {
+			return err
+		}
+		chains[t] = ch
+	}
+	exists := func(table, chain string) bool {
+		for _, c := range chains[table] {
+			if c == chain {
+				return true
+			}
+		}
+		return false
+	}
 	for _, r := range JumpRules() {
+		if !exists(r.Table, r.Args[len(r.Args)-1]) {
+			continue // no chain, so no rule can jump to it
+		}
 		for range 16 { // duplicates, if someone else inserted them again
 			if _, err := b.ipt(ctx, append([]string{"-t", r.Table, "-C", r.Chain}, r.Args...)...); err != nil {
 				if exitCode(err) != 1 {
@@ -383,13 +412,8 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 		}
 	}
 	for _, t := range []string{"filter", "nat"} {
-		chains, err := b.kernelChains(ctx, t)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
 		var decl, del strings.Builder
-		for _, c := range chains {
+		for _, c := range chains[t] {
 			if strings.HasPrefix(c, ChainPrefix) {
 				decl.WriteString(":" + c + " - [0:0]\n")
 				del.WriteString("-X " + c + "\n")
