@@ -18,7 +18,7 @@ import (
 // Supported reports whether this kernel can run the eBPF backend, and if not, why (for
 // `mode: auto`, which then falls back to iptables and logs the reason). It checks, in order:
 // kernel >= 6.6 (TCX links); BTF at /sys/kernel/btf/vmlinux; cgroup v2 in /proc/filesystems;
-// the program types cgroup sock_addr, sched_cls and tracing (iterators); LRU hash maps; the
+// the program types cgroup sock_addr and sched_cls; LRU hash maps; the
 // helpers get_socket_cookie, get_netns_cookie and set_retval in cgroup sock_addr programs; the
 // bpf_sock_destroy kfunc (6.5+); and finally that the verifier accepts every program of the
 // collection (loaded once, unpinned, and released).
@@ -34,7 +34,7 @@ func Supported() (ok bool, reason string) {
 	if fs, err := os.ReadFile("/proc/filesystems"); err != nil || !bytes.Contains(fs, []byte("cgroup2")) {
 		return false, "kernel has no cgroup2 filesystem"
 	}
-	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SchedCLS, ebpf.Tracing} {
+	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SchedCLS} {
 		if err := features.HaveProgramType(pt); err != nil {
 			return false, fmt.Sprintf("program type %s unavailable: %v", pt, err)
 		}

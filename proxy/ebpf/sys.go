@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,18 +22,90 @@ const FallbackCgroupV2Path = "/run/svcproxy/cgroupv2"
 // is the same one systemd would use). It fails when the kernel has no cgroup2 or the mount is
 // refused.
 func EnsureCgroupV2() (string, error) {
-	for _, p := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified", FallbackCgroupV2Path} {
-		if ok, _ := isFS(p, unix.CGROUP2_SUPER_MAGIC); ok {
+	return ensureCgroupV2([]string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"}, FallbackCgroupV2Path)
+}
+
+func ensureCgroupV2(candidates []string, fallback string) (string, error) {
+	for _, p := range append(candidates, fallback) {
+		if ok, _ := isMountedFS(p, unix.CGROUP2_SUPER_MAGIC); ok {
 			return p, nil
 		}
 	}
-	if err := os.MkdirAll(FallbackCgroupV2Path, 0o755); err != nil {
-		return "", fmt.Errorf("create %s: %w", FallbackCgroupV2Path, err)
+	if err := os.MkdirAll(fallback, 0o755); err != nil {
+		return "", fmt.Errorf("create %s: %w", fallback, err)
 	}
-	if err := unix.Mount("cgroup2", FallbackCgroupV2Path, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-		return "", fmt.Errorf("mount cgroup2 at %s: %w", FallbackCgroupV2Path, err)
+	if err := unix.Mount("cgroup2", fallback, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return "", fmt.Errorf("mount cgroup2 at %s: %w", fallback, err)
 	}
-	return FallbackCgroupV2Path, nil
+	return fallback, nil
+}
+
+// isMountedFS reports whether path itself exists and is on a filesystem with the given magic.
+func isMountedFS(path string, magic int64) (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return false, err
+	}
+	return int64(st.Type) == magic, nil
+}
+
+// ExternalInterfaces returns the names of the interfaces that own one of nodeAddrs (the node's
+// underlay addresses); with no address given, the interfaces of the IPv4 default routes (read
+// from /proc/thread-self/net/route). These are what Options.Interfaces wants.
+func ExternalInterfaces(nodeAddrs ...netip.Addr) ([]string, error) {
+	if len(nodeAddrs) == 0 {
+		return defaultRouteInterfaces()
+	}
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for i := range ifs {
+		addrs, err := ifs[i].Addrs()
+		if err != nil {
+			return nil, fmt.Errorf("addresses of %s: %w", ifs[i].Name, err)
+		}
+	next:
+		for _, a := range addrs {
+			n, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, _ := netip.AddrFromSlice(n.IP)
+			for _, want := range nodeAddrs {
+				if ip.Unmap() == want.Unmap() {
+					out = append(out, ifs[i].Name)
+					break next
+				}
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no interface owns %v", nodeAddrs)
+	}
+	return out, nil
+}
+
+func defaultRouteInterfaces() ([]string, error) {
+	data, err := os.ReadFile("/proc/thread-self/net/route")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		f := strings.Fields(line)
+		// Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+		if len(f) >= 8 && f[1] == "00000000" && f[7] == "00000000" && !seen[f[0]] {
+			seen[f[0]] = true
+			out = append(out, f[0])
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no IPv4 default route: name the external interfaces explicitly")
+	}
+	return out, nil
 }
 
 // EnsureBPFFS makes sure dir is on a bpffs, mounting one there when it is not (the daemon
