@@ -75,7 +75,29 @@ func (s *Store) NewServiceAllocator(opts ServiceOptions) (*ServiceAllocator, err
 	return a, nil
 }
 
+// SetNodePortRange changes the range node ports are allocated from (the config's
+// nodePortRange changed). Ports already held outside it are replaced when next asked for
+// without an explicit value; explicit ones outside it are refused. It fails on an invalid range.
+func (a *ServiceAllocator) SetNodePortRange(r PortRange) error {
+	np, err := nodePortSpace(r)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.nodePorts = np
+	a.mu.Unlock()
+	return nil
+}
+
+// NodePortRange returns the range node ports are allocated from.
+func (a *ServiceAllocator) NodePortRange() PortRange {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return PortRange{uint16(a.nodePorts.first.lo), uint16(a.nodePorts.last.lo)}
+}
+
 func (a *ServiceAllocator) serviceRange(cidr netip.Prefix) (*space, error) {
+	cidr = cidr.Masked()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if sp := a.ranges[cidr]; sp != nil {
@@ -160,7 +182,10 @@ func (a *ServiceAllocator) nodePort(req itemReq, want uint16) (uint16, error) {
 	if want != 0 {
 		req.want, req.hasWant = ord{0, uint64(want)}, true
 	}
-	o, err := a.allocate(context.Background(), a.nodePorts, req)
+	a.mu.Lock()
+	sp := a.nodePorts
+	a.mu.Unlock()
+	o, err := a.allocate(context.Background(), sp, req)
 	if err != nil {
 		return 0, err
 	}
@@ -559,8 +584,8 @@ func (a *ServiceAllocator) Status(ctx context.Context) (ServiceUsage, error) {
 	for _, c := range a.order {
 		spaces = append(spaces, a.ranges[c])
 	}
-	a.mu.Unlock()
 	spaces = append(spaces, a.nodePorts)
+	a.mu.Unlock()
 	var u ServiceUsage
 	err := a.s.view(ctx, func(tx *bolt.Tx) error {
 		now := a.s.now()

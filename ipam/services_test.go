@@ -395,7 +395,10 @@ func TestNodePortRangeChange(t *testing.T) {
 	// The range moves: the dynamic port is replaced by one in the new range; the explicit one,
 	// now outside, is refused; the old ports stay reserved against explicit requests in a
 	// range that overlaps them.
-	b := svcAlloc(t, s, ServiceOptions{NodePortRange: PortRange{30050, 30200}})
+	b := a
+	if err := b.SetNodePortRange(PortRange{30050, 30200}); err != nil || b.NodePortRange() != (PortRange{30050, 30200}) {
+		t.Fatalf("SetNodePortRange: %v, range now %v", err, b.NodePortRange())
+	}
 	got, err := b.NodePort(portKey("web", "http"), 0)
 	if err != nil || got < 30050 || got > 30200 || got == dyn {
 		t.Fatalf("dynamic port after the range changed = %d, %v; want a new one in 30050-30200 (had %d)", got, err, dyn)

@@ -226,19 +226,20 @@ func serviceSpace(p netip.Prefix) (*space, error) {
 	return s, nil
 }
 
-// PortRange is an inclusive range of node ports, e.g. 30000-32767.
-type PortRange struct{ First, Last uint16 }
+// PortRange is an inclusive range of node ports, e.g. 30000-32767. It has the layout of
+// config.PortRange, so one converts to the other: ipam.PortRange(cfg.NodePortRange).
+type PortRange struct{ Min, Max uint16 }
 
 // DefaultNodePortRange is Kubernetes' default service-node-port-range.
 var DefaultNodePortRange = PortRange{30000, 32767}
 
-func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.First, r.Last) }
+func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.Min, r.Max) }
 
 // Contains reports whether port p is in r.
-func (r PortRange) Contains(p uint16) bool { return r.First <= p && p <= r.Last }
+func (r PortRange) Contains(p uint16) bool { return r.Min <= p && p <= r.Max }
 
 // Size returns the number of ports in r.
-func (r PortRange) Size() int { return int(r.Last) - int(r.First) + 1 }
+func (r PortRange) Size() int { return int(r.Max) - int(r.Min) + 1 }
 
 // ParsePortRange parses "FIRST-LAST" (or a single port). It fails on anything else, on port 0
 // and when FIRST > LAST.
@@ -259,11 +260,11 @@ func ParsePortRange(s string) (PortRange, error) {
 // allocation takes the upper band first; the lower band (offset = min(max(16, size/32), 128)
 // ports) stays for explicitly requested node ports.
 func nodePortSpace(r PortRange) (*space, error) {
-	if r.First == 0 || r.First > r.Last {
+	if r.Min == 0 || r.Min > r.Max {
 		return nil, fmt.Errorf("ipam: invalid node port range %s", r)
 	}
 	s := &space{kind: KindNodePort, pool: poolName(KindNodePort, false), id: r.String(), width: 2,
-		first: ord{0, uint64(r.First)}, last: ord{0, uint64(r.Last)}}
+		first: ord{0, uint64(r.Min)}, last: ord{0, uint64(r.Max)}}
 	s.split = bandSplit(s.first, s.last, NodePortBandOffset(s.size()))
 	return s, nil
 }
