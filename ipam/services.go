@@ -32,11 +32,13 @@ type ServiceOptions struct {
 // back when it returns within the grace period. It implements config.Allocator and is safe for
 // concurrent use.
 //
-// Protocol with the config loader: for each good config, call ServiceIP / NodePort /
-// HealthCheckNodePort for everything the config holds (explicit values included), then
-// Retain with the config's services. Items of retained services that were not asked for since
-// the previous Retain (a removed port, a service that lost its node ports) start their grace
-// period too.
+// Protocol with the config loader: for each config, call Retain with the config's services
+// and ServiceIP / NodePort / HealthCheckNodePort for everything it holds (explicit values
+// included, that is how they are reserved), in either order (config.BuildState calls Retain
+// first). A service missing from the Retain list starts its grace period at that Retain.
+// Items of retained services that were not asked for between the previous two Retain calls
+// (a removed port, a health-check port no longer needed) start theirs too: with Retain first,
+// that is at the reload after the one that dropped them.
 type ServiceAllocator struct {
 	s         *Store
 	nodePorts *space
