@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/svcproxy/svcproxy/api"
@@ -168,6 +169,11 @@ func wire(alloc *api.PodAllocation, netns, ifName, hostVeth string) (*current.Re
 		return nil, err
 	}
 	res := BuildResult(w, br, host, cont)
+	// The bridge is the pods' gateway: the node forwards their traffic (as the reference
+	// bridge plugin does with isGateway).
+	if err := ip.EnableForward(res.IPs); err != nil {
+		return nil, fmt.Errorf("enabling IP forwarding on the node: %w", err)
+	}
 	if err := ConfigurePod(podNS, ifName, res); err != nil {
 		return nil, err
 	}

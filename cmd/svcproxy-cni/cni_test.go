@@ -151,6 +151,12 @@ func TestPodLifecycleThroughCnitool(t *testing.T) {
 		t.Fatalf("daemon recorded %+v for pod A, want default/pod-a with labels app=web,tier=front and its netns", pod)
 	}
 
+	for _, key := range []string{"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"} {
+		if out, err := run(tctx(t), nil, nil, "ip", "netns", "exec", e.node, "sysctl", "-n", key); err != nil || strings.TrimSpace(out) != "1" {
+			t.Fatalf("node %s = %q (%v), want 1", key, out, err)
+		}
+	}
+
 	// Traffic: each pod reaches the gateway and the other pod, in both families.
 	for _, dst := range []netip.Addr{gw4, gw6, addrsB[0], addrsB[1]} {
 		ping(t, podA, dst)
@@ -323,5 +329,50 @@ func TestOldSpecVersion(t *testing.T) {
 	}
 	if out, err := e.cnitool("del", nsPath(pod), "pod-a", nil); err != nil {
 		t.Fatalf("0.4.0 DEL: %v (%s)", err, out)
+	}
+}
+
+// Concurrent ADDs on a node without bridge: one creates it, all succeed with distinct
+// addresses and reach each other; concurrent DELs free everything.
+func TestConcurrentAdds(t *testing.T) {
+	e := newEnv(t, podserver.Network{Bridge: "svc0", Ranges: []podserver.Range{{Prefix: netip.MustParsePrefix("10.244.1.0/24"), Gateway: gw4}}})
+	const n = 6
+	pods := make([]string, n)
+	for i := range pods {
+		pods[i] = netnsAdd(t, fmt.Sprintf("p%d", i))
+	}
+	parallel := func(cmd string) {
+		errs := make(chan error, n)
+		for i, p := range pods {
+			go func() {
+				_, err := e.cnitool(cmd, nsPath(p), fmt.Sprintf("pod-%d", i), nil)
+				errs <- err
+			}()
+		}
+		for range pods {
+			if err := <-errs; err != nil {
+				t.Errorf("concurrent %s: %v", cmd, err)
+			}
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+	parallel("add")
+	seen := map[netip.Addr]bool{}
+	for _, p := range pods {
+		a := e.mem.Addrs(attachment(p))
+		if len(a) != 1 || seen[a[0]] {
+			t.Fatalf("pod %s holds %v; addresses so far %v", p, a, seen)
+		}
+		seen[a[0]] = true
+	}
+	for i, p := range pods {
+		ping(t, p, gw4)
+		ping(t, p, e.mem.Addrs(attachment(pods[(i+1)%n]))[0])
+	}
+	parallel("del")
+	if left := e.mem.Pods(); len(left) != 0 {
+		t.Fatalf("after concurrent DELs the daemon holds %v", left)
 	}
 }
