@@ -438,3 +438,94 @@ func TestBrokenExample(t *testing.T) {
 		t.Errorf("problems:\n%v\nwant:\n%v\n%v", got, want, err)
 	}
 }
+
+// TestKubectlExportedObjects loads objects as `kubectl get -o yaml` prints them (server-set
+// metadata, managedFields, status) and a dual-stack Service asking for its families.
+func TestKubectlExportedObjects(t *testing.T) {
+	cfg, err := Parse("kubectl.yaml", []byte(`apiVersion: svcproxy.io/v1alpha1
+kind: ProxyConfig
+serviceCIDRs: [10.96.0.0/16, "fd00:96::/108"]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  annotations:
+    kubectl.kubernetes.io/last-applied-configuration: |
+      {"apiVersion":"v1","kind":"Service"}
+  creationTimestamp: "2026-01-02T03:04:05Z"
+  labels: {app: web}
+  managedFields:
+  - apiVersion: v1
+    fieldsType: FieldsV1
+    fieldsV1:
+      f:spec:
+        f:ports:
+          .: {}
+    manager: kubectl-client-side-apply
+    operation: Update
+    time: "2026-01-02T03:04:05Z"
+  name: web
+  namespace: default
+  resourceVersion: "1234"
+  uid: 5a8c6a64-1111-2222-3333-444455556666
+spec:
+  internalTrafficPolicy: Cluster
+  ipFamilies: [IPv6, IPv4]
+  ipFamilyPolicy: PreferDualStack
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: 8080
+  selector: {app: web}
+  sessionAffinity: None
+  type: ClusterIP
+status:
+  conditions:
+  - lastTransitionTime: "2026-01-02T03:04:05Z"
+    message: ok
+    reason: Ok
+    status: "True"
+    type: Ready
+  loadBalancer: {}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := model.Pod{Namespace: "default", Name: "w", Ready: true, Labels: map[string]string{"app": "web"},
+		IPs: []netip.Addr{netip.MustParseAddr("10.244.1.2"), netip.MustParseAddr("fd00:244::2")}}
+	st, err := cfg.BuildState("n", []model.Pod{pod}, NewMemAllocator())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := st.Services[0]
+	if got := fmt.Sprint(s.ClusterIPs); got != "[fd00:96::101 10.96.1.1]" {
+		t.Errorf("VIPs = %s; want IPv6 first, as ipFamilies says", got)
+	}
+	if got := fmt.Sprint(s.Ports[0].Endpoints); got != "[10.244.1.2:8080 [fd00:244::2]:8080]" {
+		t.Errorf("endpoints = %s", got)
+	}
+
+	// A bad timestamp and a bad managedFields entry are reported where they are.
+	_, err = Parse("bad.yaml", []byte(`apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  creationTimestamp: yesterday
+  labels: [a]
+spec:
+  clusterIP: 10.96.0.1
+  ports: [{port: 80, targetPort: {x: 1}}]
+`))
+	var perr *Error
+	if !errors.As(err, &perr) {
+		t.Fatalf("err = %v", err)
+	}
+	var got []string
+	for _, p := range perr.Problems {
+		got = append(got, fmt.Sprintf("%d %s", p.Line, p.Field))
+	}
+	if want := "[5 metadata.creationTimestamp 6 metadata.labels 9 spec.ports[0].targetPort]"; fmt.Sprint(got) != want {
+		t.Errorf("problems %v, want %s\n%v", got, want, err)
+	}
+}
