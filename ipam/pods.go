@@ -225,6 +225,18 @@ func (a *PodAllocator) AllocatePod(ctx context.Context, owner PodOwner) (*PodAll
 			}
 		}
 		if gen != 0 {
+			// One allocation, one generation: addresses kept from before take the new one too.
+			for ad := range kept {
+				p := getPool(tx, poolName(KindPod, ad.Is6()))
+				r, err := p.get(ordOfAddr(ad), width(ad.Is6()))
+				if err != nil {
+					return err
+				}
+				r.Gen = gen
+				if err := p.put(ordOfAddr(ad), width(ad.Is6()), r); err != nil {
+					return err
+				}
+			}
 			pr.Gen, pr.At = gen, now.UnixNano()
 		}
 		pr.IPs = ips

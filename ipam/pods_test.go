@@ -439,3 +439,35 @@ func TestContextCanceled(t *testing.T) {
 		t.Fatalf("AllocatePod with a canceled context: %v", err)
 	}
 }
+
+// TestPodGainsFamily: the node becomes dual-stack; a repeated ADD keeps the IPv4 address, adds
+// an IPv6 one, and the whole allocation has one (new) generation.
+func TestPodGainsFamily(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir(), newFakeClock(), Options{})
+	v4 := podAlloc(t, s, "node1", "10.244.1.0/24")
+	old, err := v4.AllocatePod(ctx, owner("c1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := podAlloc(t, s, "node1", "10.244.1.0/24", "fd00:1::/64")
+	if _, err := ds.CheckPod(ctx, "c1", "eth0"); err == nil {
+		t.Fatal("CheckPod passes although the pod lacks an IPv6 address")
+	}
+	al, err := ds.AllocatePod(ctx, owner("c1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ipsOf(al); len(got) != 2 || got[0] != ipsOf(old)[0] || got[1] != "fd00:1::2/64" || al.Generation <= old.Generation {
+		t.Fatalf("after gaining IPv6: %v gen %d; want %v plus fd00:1::2/64 with a generation above %d", got, al.Generation, ipsOf(old), old.Generation)
+	}
+	if got, err := ds.ReleasePodIP(ctx, old.IPs[0].Address.Addr(), old.Generation); err != nil || got != nil {
+		t.Fatalf("release with the old generation = %v, %v; want a no-op", got, err)
+	}
+	if got, err := ds.ReleasePodIP(ctx, old.IPs[0].Address.Addr(), al.Generation); err != nil || got == nil {
+		t.Fatalf("release of the kept IPv4 address with the new generation = %v, %v", got, err)
+	}
+	if err := s.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -388,10 +388,7 @@ func (a *ServiceAllocator) sweepPool(p pool, kind Kind, v6 bool, now time.Time, 
 		o ord
 		r *record
 	}
-	width := 2
-	if kind == KindService {
-		width = map[bool]int{false: 4, true: 16}[v6]
-	}
+	width := itemWidth(kind, v6)
 	var changes []change
 	err := p.items.ForEach(func(k, v []byte) error {
 		r, err := decodeRecord(v)
@@ -533,10 +530,7 @@ func (a *ServiceAllocator) ReleaseService(ctx context.Context, key model.Service
 		freed = nil
 		for _, spd := range servicePools {
 			p := getPool(tx, spd.name)
-			width := 2
-			if spd.kind == KindService {
-				width = map[bool]int{false: 4, true: 16}[spd.v6]
-			}
+			width := itemWidth(spd.kind, spd.v6)
 			sp := &space{kind: spd.kind, v6: spd.v6}
 			type hit struct {
 				o ord

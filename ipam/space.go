@@ -286,6 +286,14 @@ func bandSplit(first, last ord, offset uint64) ord {
 	return first.add(offset)
 }
 
+// itemWidth returns the key width of items of a kind and family.
+func itemWidth(k Kind, v6 bool) int {
+	if k == KindNodePort {
+		return 2
+	}
+	return width(v6)
+}
+
 func width(v6 bool) int {
 	if v6 {
 		return 16
