@@ -92,9 +92,24 @@ func (d *doc) where(path string) pos {
 	}
 }
 
+// refused reports whether the reader refused the value at path or at one of its ancestors.
+func (d *doc) refused(path string) bool {
+	for p := path; p != ""; {
+		if d.bad[p] {
+			return true
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i <= 0 {
+			return false
+		}
+		p = p[:i]
+	}
+	return false
+}
+
 // addf records a problem at path, unless the reader already refused the value there.
 func (d *doc) addf(path, format string, args ...any) {
-	if d.bad[path] {
+	if d.refused(path) {
 		return
 	}
 	at := d.where(path)
@@ -103,7 +118,7 @@ func (d *doc) addf(path, format string, args ...any) {
 
 // addAt records a problem about path at an explicit position.
 func (d *doc) addAt(at pos, path, format string, args ...any) {
-	if d.bad[path] {
+	if d.refused(path) {
 		return
 	}
 	*d.probs = append(*d.probs, Problem{File: d.file, Line: at.line, Column: at.col, Field: path, Message: fmt.Sprintf(format, args...)})

@@ -327,6 +327,24 @@ metadata: {name: x}
 			},
 		},
 		{
+			name: "a refused value is reported once",
+			yaml: `apiVersion: svcproxy.io/v1alpha1
+kind: ProxyConfig
+serviceCIDR: 10.96.0.0/16
+services:
+  - name: web
+    ports: [5, {port: 80, name: b}]
+  - name: [x]
+    ports: [{port: 81}]
+  - web
+`,
+			want: []want{
+				{6, "services[0].ports[0]", "must be a mapping, not 5"},
+				{7, "services[1].name", "must be a string, not a list"},
+				{9, "services[2]", "must be a mapping"},
+			},
+		},
+		{
 			name: "YAML syntax",
 			yaml: `apiVersion: svcproxy.io/v1alpha1
 kind: ProxyConfig
@@ -392,5 +410,46 @@ func TestLoadMissingFileIsNotAProblemList(t *testing.T) {
 	var perr *Error
 	if err == nil || errors.As(err, &perr) {
 		t.Errorf("Load(missing) = %v; want a plain read error", err)
+	}
+}
+
+func TestMergeKeysAndAnchors(t *testing.T) {
+	cfg, err := Parse("anchors.yaml", []byte(`apiVersion: svcproxy.io/v1alpha1
+kind: ProxyConfig
+serviceCIDR: 10.96.0.0/16
+services:
+  - &base
+    name: a
+    sessionAffinity: ClientIP
+    ports: [{port: 80}]
+    endpoints: [{ip: 10.244.1.1}]
+  - <<: *base
+    name: b
+    ports: [{port: 81, tragetPort: 1}]
+`))
+	var perr *Error
+	if !errors.As(err, &perr) || len(perr.Problems) != 1 || perr.Problems[0].Line != 12 || perr.Problems[0].Field != "services[1].ports[0].tragetPort" {
+		t.Fatalf("err = %v; want only the unknown field at line 12", err)
+	}
+	cfg, err = Parse("anchors.yaml", []byte(`apiVersion: svcproxy.io/v1alpha1
+kind: ProxyConfig
+serviceCIDR: 10.96.0.0/16
+services:
+  - &base
+    name: a
+    sessionAffinity: ClientIP
+    ports: [{port: 80}]
+  - <<: *base
+    name: b
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := cfg.BuildState("n", nil, NewMemAllocator())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Services) != 2 || st.Services[1].Key.Name != "b" || st.Services[1].AffinityTimeout == 0 || st.Services[1].Ports[0].Port != 80 {
+		t.Errorf("merged service = %+v", st.Services[1])
 	}
 }

@@ -107,8 +107,8 @@ func walk(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 			return nil
 		}
 		out := map[string]any{}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
+		for _, kv := range pairs(n) {
+			k, v := kv[0], kv[1]
 			kp := join(path, k.Value)
 			if _, dup := out[k.Value]; dup {
 				d.addAt(pos{k.Line, k.Column}, kp, "key %q given twice (first at line %d)", k.Value, d.line(kp))
@@ -234,8 +234,8 @@ func walkStruct(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 	jsonFields(t, fields)
 	out := map[string]any{}
 	seen := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
+	for _, kv := range pairs(n) {
+		k, v := kv[0], kv[1]
 		kp := join(path, k.Value)
 		if seen[k.Value] {
 			d.addAt(pos{k.Line, k.Column}, kp, "field %q given twice (first at line %d)", k.Value, d.line(kp))
@@ -287,4 +287,41 @@ func jsonable(v any) any {
 		return x
 	}
 	return v
+}
+
+// pairs returns the key/value pairs of mapping n with YAML merge keys (`<<: *anchor`)
+// expanded: a merged pair is kept only when n does not set its key itself.
+func pairs(n *yaml.Node) [][2]*yaml.Node {
+	var own, merged [][2]*yaml.Node
+	set := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind == yaml.ScalarNode && k.Tag == "!!merge" {
+			for v.Kind == yaml.AliasNode && v.Alias != nil {
+				v = v.Alias
+			}
+			srcs := []*yaml.Node{v}
+			if v.Kind == yaml.SequenceNode {
+				srcs = v.Content
+			}
+			for _, src := range srcs {
+				for src.Kind == yaml.AliasNode && src.Alias != nil {
+					src = src.Alias
+				}
+				if src.Kind == yaml.MappingNode {
+					merged = append(merged, pairs(src)...)
+				}
+			}
+			continue
+		}
+		own = append(own, [2]*yaml.Node{k, v})
+		set[k.Value] = true
+	}
+	for _, kv := range merged {
+		if !set[kv[0].Value] {
+			set[kv[0].Value] = true
+			own = append(own, kv)
+		}
+	}
+	return own
 }

@@ -131,14 +131,15 @@ func Proxyable(svc *corev1.Service) bool {
 }
 
 // BelongsTo reports whether slice is one of the EndpointSlices svcproxy reads for the service
-// namespace/name: same namespace, kubernetes.io/service-name label naming it, and no
-// service-proxy-name label.
+// namespace/name: same namespace, kubernetes.io/service-name label naming it, and neither the
+// service-proxy-name nor the headless label (kube-proxy's informers filter both out).
 func BelongsTo(slice *discoveryv1.EndpointSlice, namespace, name string) bool {
 	if slice == nil || slice.Namespace != namespace || slice.Labels[LabelServiceName] != name {
 		return false
 	}
 	_, other := slice.Labels[LabelServiceProxyName]
-	return !other
+	_, headless := slice.Labels[LabelHeadless]
+	return !other && !headless
 }
 
 // ServiceKeyOf returns the key of the service an EndpointSlice belongs to; false when the slice

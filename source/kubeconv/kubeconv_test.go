@@ -101,6 +101,12 @@ func TestServiceMergesSlicesByPortNameAndProtocol(t *testing.T) {
 			sl.Labels[LabelServiceProxyName] = "other-proxy"
 			return sl
 		}(),
+		func() *discoveryv1.EndpointSlice {
+			sl := slice("web-headless", "web", discoveryv1.AddressTypeIPv4,
+				[]discoveryv1.EndpointPort{port("http", corev1.ProtocolTCP, 1)}, ep("10.244.9.7", "", nil, nil, nil))
+			sl.Labels[LabelHeadless] = ""
+			return sl
+		}(),
 		slice("web-fqdn", "web", discoveryv1.AddressTypeFQDN,
 			[]discoveryv1.EndpointPort{port("http", corev1.ProtocolTCP, 1)}, ep("example.com", "", nil, nil, nil)),
 		slice("web-v6", "web", discoveryv1.AddressTypeIPv6,
