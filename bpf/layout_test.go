@@ -24,6 +24,7 @@ func TestLayout(t *testing.T) {
 		SvcMapSvcCt:         {SvcCtKey{}, SvcCtValue{}},
 		SvcMapSvcIfaddrs:    {uint32(0), uint32(0)},
 		SvcMapSvcDestroy:    {SvcDestroyKey{}, uint8(0)},
+		SvcMapSvcSrcRanges:  {SvcSrcRangeKey{}, uint8(0)},
 	}
 	if len(spec.Maps) != len(maps) {
 		t.Errorf("object has %d maps, test knows %d", len(spec.Maps), len(maps))

@@ -302,13 +302,23 @@ int svc_tc_ingress(struct __sk_buff *skb)
 	lb_select(&r);
 	if (r.verdict == LB_NONE)
 		return TC_ACT_UNSPEC;
+	if (r.svc_flags & SVC_F_RANGES) {
+		struct src_range_key sk = {
+			.prefixlen = 64,
+			.rev_nat_id = r.rev_nat_id,
+			.addr = p.saddr,
+		};
+		if (!bpf_map_lookup_elem(&svc_src_ranges, &sk))
+			return TC_ACT_SHOT;
+	}
 	if (r.verdict != LB_OK)
 		return TC_ACT_SHOT;
 
 	__u32 nat_saddr = p.saddr;
 	__u16 nat_sport = p.sport;
 	__u8 snat = 0;
-	if (!(r.be_flags & BE_F_LOCAL) && !(r.svc_flags & SVC_F_LOCAL)) {
+	if ((r.svc_flags & SVC_F_SNAT) ||
+	    (!(r.be_flags & BE_F_LOCAL) && !(r.svc_flags & SVC_F_LOCAL))) {
 		/* A remote backend would answer the client directly: make it answer us. */
 		__u32 ifindex = skb->ifindex;
 		__u32 *node = bpf_map_lookup_elem(&svc_ifaddrs, &ifindex);

@@ -110,6 +110,14 @@ type SvcSockRevnatValue struct {
 	RevNatId uint16
 }
 
+type SvcSrcRangeKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	RevNatId  uint16
+	Pad       uint16
+	Addr      uint32
+}
+
 type SvcSvcKey struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -143,6 +151,7 @@ const (
 	SvcMapSvcRevnat        = "svc_revnat"
 	SvcMapSvcServices      = "svc_services"
 	SvcMapSvcSockRevnat    = "svc_sock_revnat"
+	SvcMapSvcSrcRanges     = "svc_src_ranges"
 	SvcProgSvcConnect4     = "svc_connect4"
 	SvcProgSvcDestroyUdp   = "svc_destroy_udp"
 	SvcProgSvcGetpeername4 = "svc_getpeername4"
@@ -217,6 +226,7 @@ type SvcMapSpecs struct {
 	SvcRevnat     *ebpf.MapSpec `ebpf:"svc_revnat"`
 	SvcServices   *ebpf.MapSpec `ebpf:"svc_services"`
 	SvcSockRevnat *ebpf.MapSpec `ebpf:"svc_sock_revnat"`
+	SvcSrcRanges  *ebpf.MapSpec `ebpf:"svc_src_ranges"`
 }
 
 // SvcVariableSpecs contains global variables before they are loaded into the kernel.
@@ -253,6 +263,7 @@ type SvcMaps struct {
 	SvcRevnat     *ebpf.Map `ebpf:"svc_revnat"`
 	SvcServices   *ebpf.Map `ebpf:"svc_services"`
 	SvcSockRevnat *ebpf.Map `ebpf:"svc_sock_revnat"`
+	SvcSrcRanges  *ebpf.Map `ebpf:"svc_src_ranges"`
 }
 
 func (m *SvcMaps) Close() error {
@@ -265,6 +276,7 @@ func (m *SvcMaps) Close() error {
 		m.SvcRevnat,
 		m.SvcServices,
 		m.SvcSockRevnat,
+		m.SvcSrcRanges,
 	)
 }
 

@@ -24,6 +24,8 @@
 /* svc_value.flags, meaningful in slot 0. */
 #define SVC_F_AFFINITY 0x01 /* sessionAffinity ClientIP: affinity_timeout holds seconds */
 #define SVC_F_LOCAL 0x02    /* traffic policy Local for this scope: keep the client address */
+#define SVC_F_SNAT 0x04     /* tc path: always SNAT to the node (masqueradeAll) */
+#define SVC_F_RANGES 0x08   /* tc path: only sources in svc_src_ranges (loadBalancerSourceRanges) */
 
 /* backend_value.flags */
 #define BE_F_LOCAL 0x01 /* the endpoint runs on this node */
@@ -117,6 +119,14 @@ struct ct_value {
 	__u64 last_ns;
 };
 
+/* loadBalancerSourceRanges: an LPM key matching rev_nat_id exactly (prefixlen 32 + bits). */
+struct src_range_key {
+	__u32 prefixlen;
+	__u16 rev_nat_id;
+	__u16 pad;
+	__u32 addr;
+};
+
 /* Backends whose connected UDP sockets the socket iterator destroys. */
 struct destroy_key {
 	__u32 addr;
@@ -173,6 +183,14 @@ struct {
 	__type(value, struct ct_value);
 	__uint(max_entries, 262144);
 } svc_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct src_range_key);
+	__type(value, __u8);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} svc_src_ranges SEC(".maps");
 
 /* ifindex -> IPv4 address used to SNAT flows entering through that interface. */
 struct {

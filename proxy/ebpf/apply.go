@@ -14,6 +14,8 @@ type mapWriter interface {
 	delBackend(id uint32) error
 	putRevNat(id uint16, v revNatValue) error
 	delRevNat(id uint16) error
+	putRange(k rangeKey) error
+	delRange(k rangeKey) error
 }
 
 // applyResult counts what an apply wrote.
@@ -31,7 +33,9 @@ type applyResult struct {
 //  2. per frontend: the backend slots, then slot 0 (count and qcount), then the slots beyond
 //     the new total — so a reader never sees a count whose slots are not filled;
 //  3. frontends no longer wanted: slot 0 first, then their slots;
-//  4. backends and rev-NAT entries no longer referenced.
+//  4. source ranges, backends and rev-NAT entries no longer referenced.
+//
+// Source ranges are written in step 1 too, before a slot 0 announces them.
 func apply(w mapWriter, have, want *Entries) (applyResult, error) {
 	var res applyResult
 	for _, id := range sortedIDs(want.Backends) {
@@ -54,6 +58,17 @@ func apply(w mapWriter, have, want *Entries) (applyResult, error) {
 			return res, fmt.Errorf("write rev-NAT %d: %w", id, err)
 		}
 		have.RevNat[id] = v
+		res.objects++
+	}
+
+	for _, k := range sortedRanges(want.Ranges) {
+		if _, ok := have.Ranges[k]; ok {
+			continue
+		}
+		if err := w.putRange(k); err != nil {
+			return res, fmt.Errorf("write source range %s/%d of rev-NAT %d: %w", addrFromBE(k.Addr), k.Prefixlen-32, k.RevNatId, err)
+		}
+		have.Ranges[k] = 1
 		res.objects++
 	}
 
@@ -125,6 +140,16 @@ func apply(w mapWriter, have, want *Entries) (applyResult, error) {
 		delete(have.RevNat, id)
 		res.objects++
 	}
+	for _, k := range sortedRanges(have.Ranges) {
+		if _, ok := want.Ranges[k]; ok {
+			continue
+		}
+		if err := w.delRange(k); err != nil {
+			return res, fmt.Errorf("remove source range of rev-NAT %d: %w", k.RevNatId, err)
+		}
+		delete(have.Ranges, k)
+		res.objects++
+	}
 	for _, id := range sortedIDs(have.Backends) {
 		if _, ok := want.Backends[id]; ok {
 			continue
@@ -168,5 +193,23 @@ func sortedIDs[K uint16 | uint32, V any](m map[K]V) []K {
 		out = append(out, k)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+func sortedRanges(m map[rangeKey]uint8) []rangeKey {
+	out := make([]rangeKey, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.RevNatId != b.RevNatId {
+			return a.RevNatId < b.RevNatId
+		}
+		if a.Addr != b.Addr {
+			return a.Addr < b.Addr
+		}
+		return a.Prefixlen < b.Prefixlen
+	})
 	return out
 }

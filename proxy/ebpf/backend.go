@@ -39,6 +39,7 @@ type MapSizes struct {
 	SockRevNat uint32 // sockets translated by socket-LB (LRU) [262144]
 	Affinity   uint32 // client x service pairs with sessionAffinity (LRU) [65536]
 	Conntrack  uint32 // per-packet flows, two entries each (LRU) [262144]
+	SrcRanges  uint32 // loadBalancerSourceRanges prefixes x LB frontends [16384]
 }
 
 // Options configures New.
@@ -168,6 +169,7 @@ func loadSpec(sizes MapSizes, withTest bool) (*ebpf.CollectionSpec, error) {
 	set(svcbpf.SvcMapSvcSockRevnat, sizes.SockRevNat)
 	set(svcbpf.SvcMapSvcAffinity, sizes.Affinity)
 	set(svcbpf.SvcMapSvcCt, sizes.Conntrack)
+	set(svcbpf.SvcMapSvcSrcRanges, sizes.SrcRanges)
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinByName
 	}
@@ -485,6 +487,15 @@ func (b *Backend) readMaps() (*Entries, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("ebpf backend: read svc_revnat: %w", err)
 	}
+	var rk rangeKey
+	var one uint8
+	it = b.objs.SvcSrcRanges.Iterate()
+	for it.Next(&rk, &one) {
+		e.Ranges[rk] = one
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("ebpf backend: read svc_src_ranges: %w", err)
+	}
 	return e, nil
 }
 
@@ -560,6 +571,7 @@ func (b *Backend) maps() map[string]*ebpf.Map {
 		svcbpf.SvcMapSvcRevnat: o.SvcRevnat, svcbpf.SvcMapSvcSockRevnat: o.SvcSockRevnat,
 		svcbpf.SvcMapSvcAffinity: o.SvcAffinity, svcbpf.SvcMapSvcCt: o.SvcCt,
 		svcbpf.SvcMapSvcIfaddrs: o.SvcIfaddrs, svcbpf.SvcMapSvcDestroy: o.SvcDestroy,
+		svcbpf.SvcMapSvcSrcRanges: o.SvcSrcRanges,
 	}
 }
 
@@ -665,6 +677,11 @@ func (k kernelMaps) delBackend(id uint32) error {
 func (k kernelMaps) putRevNat(id uint16, v revNatValue) error { return k.o.SvcRevnat.Put(id, &v) }
 func (k kernelMaps) delRevNat(id uint16) error {
 	return ignoreMissing(k.o.SvcRevnat.Delete(id))
+}
+
+func (k kernelMaps) putRange(key rangeKey) error { return k.o.SvcSrcRanges.Put(&key, uint8(1)) }
+func (k kernelMaps) delRange(key rangeKey) error {
+	return ignoreMissing(k.o.SvcSrcRanges.Delete(&key))
 }
 
 func ignoreMissing(err error) error {

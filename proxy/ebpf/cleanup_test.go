@@ -84,8 +84,8 @@ func TestCleanupLeavesNothing(t *testing.T) {
 		}
 		ours["link"][uint32(info.ID)] = true
 	}
-	if len(ours["link"]) != 6 || len(ours["prog"]) != 8 || len(ours["map"]) != 8 {
-		t.Fatalf("expected 6 links, 8 programs, 8 maps of ours; have %d, %d, %d", len(ours["link"]), len(ours["prog"]), len(ours["map"]))
+	if len(ours["link"]) != 6 || len(ours["prog"]) != 8 || len(ours["map"]) != 9 {
+		t.Fatalf("expected 6 links, 8 programs, 9 maps of ours; have %d, %d, %d", len(ours["link"]), len(ours["prog"]), len(ours["map"]))
 	}
 	count := func() map[string]int {
 		n := map[string]int{}
@@ -106,7 +106,7 @@ func TestCleanupLeavesNothing(t *testing.T) {
 		return n
 	}
 	before := count()
-	if before["link"] != 6 || before["map"] != 8 || before["prog"] != 8 {
+	if before["link"] != 6 || before["map"] != 9 || before["prog"] != 8 {
 		t.Fatalf("bpftool before Cleanup sees %v of ours", before)
 	}
 	if err := b.Cleanup(context.Background()); err != nil {

@@ -19,6 +19,8 @@ const (
 const (
 	flagAffinity uint8 = 0x01
 	flagLocal    uint8 = 0x02
+	flagSNAT     uint8 = 0x04
+	flagRanges   uint8 = 0x08
 	beFlagLocal  uint8 = 0x01
 )
 
@@ -53,6 +55,12 @@ type Frontend struct {
 	Local bool
 	// AffinitySeconds > 0 means sessionAffinity ClientIP with that timeout.
 	AffinitySeconds uint32
+	// Masquerade makes the tc path SNAT every flow (masqueradeAll), not only those to remote
+	// backends.
+	Masquerade bool
+	// SourceRanges, when non-nil, are the only client prefixes the tc path accepts
+	// (loadBalancerSourceRanges on load-balancer IPs).
+	SourceRanges []netip.Prefix
 }
 
 // PlanService returns the frontends of service s on the node of st, whose IPv4 addresses are
@@ -110,9 +118,9 @@ func PlanService(st *model.State, s *model.Service, nodeAddrs []netip.Addr) ([]F
 				serving = append(serving, toKeys([]model.Endpoint{e})...)
 			}
 		}
-		add := func(addr netip.Addr, port uint16, scope uint8, active []BackendKey, isLocal bool) {
+		add := func(addr netip.Addr, port uint16, scope uint8, active []BackendKey, isLocal bool) *Frontend {
 			if !addr.Is4() || port == 0 {
-				return
+				return nil
 			}
 			out = append(out, Frontend{
 				Key:             FrontendKey{Addr: addr, Port: port, Proto: proto, Scope: scope},
@@ -120,7 +128,9 @@ func PlanService(st *model.State, s *model.Service, nodeAddrs []netip.Addr) ([]F
 				Terminating:     minus(serving, active),
 				Local:           isLocal,
 				AffinitySeconds: affinity,
+				Masquerade:      scope == ScopeExt && st.MasqueradeAll && !isLocal,
 			})
+			return &out[len(out)-1]
 		}
 		for _, ip := range s.ClusterIPs {
 			add(ip, p.Port, ScopeInt, internal, s.InternalTrafficPolicyLocal)
@@ -128,10 +138,19 @@ func PlanService(st *model.State, s *model.Service, nodeAddrs []netip.Addr) ([]F
 		// Clients on the node reach external addresses through the cluster-wide endpoints, as
 		// kube-proxy short-circuits pod and host traffic to them; outside clients follow
 		// externalTrafficPolicy.
-		for _, ips := range [][]netip.Addr{s.ExternalIPs, s.LoadBalancerIPs} {
-			for _, ip := range ips {
-				add(ip, p.Port, ScopeInt, cluster, false)
-				add(ip, p.Port, ScopeExt, external, extLocal)
+		for _, ip := range s.ExternalIPs {
+			add(ip, p.Port, ScopeInt, cluster, false)
+			add(ip, p.Port, ScopeExt, external, extLocal)
+		}
+		for _, ip := range s.LoadBalancerIPs {
+			add(ip, p.Port, ScopeInt, cluster, false)
+			if fe := add(ip, p.Port, ScopeExt, external, extLocal); fe != nil && len(s.LoadBalancerSourceRanges) > 0 {
+				fe.SourceRanges = []netip.Prefix{}
+				for _, r := range s.LoadBalancerSourceRanges {
+					if r.Addr().Is4() {
+						fe.SourceRanges = append(fe.SourceRanges, r.Masked())
+					}
+				}
 			}
 		}
 		if p.NodePort != 0 {

@@ -143,6 +143,15 @@ func (r *recorder) check(op string) {
 				r.t.Fatalf("after %s: %s slot %d points at missing backend %d", op, describe(k), s, sv.BackendId)
 			}
 		}
+		if v.Flags&flagRanges != 0 {
+			found := false
+			for rk := range r.e.Ranges {
+				found = found || rk.RevNatId == v.RevNatId
+			}
+			if !found {
+				r.t.Fatalf("after %s: %s restricts sources but has no range", op, describe(k))
+			}
+		}
 		if _, ok := r.e.RevNat[v.RevNatId]; !ok {
 			r.t.Fatalf("after %s: %s has no rev-NAT entry %d", op, describe(k), v.RevNatId)
 		}
@@ -174,6 +183,16 @@ func (r *recorder) putRevNat(id uint16, v revNatValue) error {
 	r.check("put revnat")
 	return nil
 }
+func (r *recorder) putRange(k rangeKey) error {
+	r.e.Ranges[k] = 1
+	r.check("put range")
+	return nil
+}
+func (r *recorder) delRange(k rangeKey) error {
+	delete(r.e.Ranges, k)
+	r.check("delete range")
+	return nil
+}
 func (r *recorder) delRevNat(id uint16) error {
 	delete(r.e.RevNat, id)
 	r.check("delete revnat")
@@ -190,6 +209,9 @@ func copyEntries(e *Entries) *Entries {
 	}
 	for k, v := range e.RevNat {
 		c.RevNat[k] = v
+	}
+	for k, v := range e.Ranges {
+		c.Ranges[k] = v
 	}
 	return c
 }
@@ -214,6 +236,13 @@ func TestApplyNeverHalfWritten(t *testing.T) {
 			s := webService(eps...)
 			s.Key.Name = fmt.Sprintf("svc%d", rng.Intn(5))
 			s.ClusterIPs = []netip.Addr{netip.MustParseAddr(fmt.Sprintf("10.96.0.%d", 10+rng.Intn(5)))}
+			if rng.Intn(2) == 0 {
+				s.Type = model.LoadBalancer
+				s.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr(fmt.Sprintf("172.31.0.%d", 50+rng.Intn(3)))}
+				for j := 0; j < rng.Intn(3); j++ {
+					s.LoadBalancerSourceRanges = append(s.LoadBalancerSourceRanges, netip.MustParsePrefix(fmt.Sprintf("192.168.%d.0/%d", rng.Intn(3), 16+8*rng.Intn(2))))
+				}
+			}
 			svcs = append(svcs, s)
 		}
 		st := testState(svcs...)

@@ -234,3 +234,47 @@ func TestTCRemoteBackendSNATAndReselect(t *testing.T) {
 		t.Fatalf("no endpoints: verdict %d, want drop", ret)
 	}
 }
+
+func TestTCSourceRangesAndMasquerade(t *testing.T) {
+	b := newTestBackend(t, Options{})
+	lbIP := netip.MustParseAddrPort("172.31.0.50:80")
+	s := webService(ep("10.244.1.5", "node1", true, true, false))
+	s.Type = model.LoadBalancer
+	s.LoadBalancerIPs = []netip.Addr{lbIP.Addr()}
+	s.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("172.31.0.96/30")}
+	st := testState(s)
+	st.MasqueradeAll = true
+	mustSync(t, b, nil, st)
+	if err := b.objs.SvcIfaddrs.Put(uint32(1), addrToBE(nodePort.Addr())); err != nil {
+		t.Fatal(err)
+	}
+	// 172.31.0.100 is outside 172.31.0.96/30: dropped.
+	if ret, _ := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, client, lbIP, nil)); ret != tcActShot {
+		t.Fatalf("client outside loadBalancerSourceRanges: verdict %d, want drop", ret)
+	}
+	// 172.31.0.97 is inside; masqueradeAll SNATs even to a local backend.
+	inside := netip.MustParseAddrPort("172.31.0.97:5555")
+	ret, out := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, inside, lbIP, nil))
+	if ret != tcActRedir {
+		t.Fatalf("client inside the ranges: verdict %d", ret)
+	}
+	if src, dst := tuple(t, out); src.Addr() != nodePort.Addr() || dst != netip.MustParseAddrPort("10.244.1.5:8080") {
+		t.Fatalf("masqueradeAll: %v -> %v", src, dst)
+	}
+	// The ranges go away: everyone is accepted, and the range entries are removed.
+	s2 := webService(ep("10.244.1.5", "node1", true, true, false))
+	s2.Type = model.LoadBalancer
+	s2.LoadBalancerIPs = s.LoadBalancerIPs
+	st2 := testState(s2)
+	mustSync(t, b, st, st2)
+	if ret, _ := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, client, lbIP, nil)); ret != tcActOK {
+		t.Fatalf("without ranges: verdict %d", ret)
+	}
+	e, err := b.readMaps()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(e.Ranges) != 0 {
+		t.Errorf("%d source ranges left", len(e.Ranges))
+	}
+}

@@ -16,6 +16,7 @@ type (
 	svcValue    = svcbpf.SvcSvcValue
 	backendVal  = svcbpf.SvcBackendValue
 	revNatValue = svcbpf.SvcRevnatValue
+	rangeKey    = svcbpf.SvcSrcRangeKey
 )
 
 // revKey names a rev-NAT id: one frontend address, port and protocol (both scopes share it).
@@ -30,6 +31,7 @@ type Entries struct {
 	Services map[svcKey]svcValue
 	Backends map[uint32]backendVal
 	RevNat   map[uint16]revNatValue
+	Ranges   map[rangeKey]uint8
 }
 
 func newEntries() *Entries {
@@ -37,6 +39,7 @@ func newEntries() *Entries {
 		Services: map[svcKey]svcValue{},
 		Backends: map[uint32]backendVal{},
 		RevNat:   map[uint16]revNatValue{},
+		Ranges:   map[rangeKey]uint8{},
 	}
 }
 
@@ -172,6 +175,15 @@ func render(e *Entries, fes []Frontend, local map[BackendKey]bool, t *ids) error
 		}
 		if fe.Local {
 			head.Flags |= flagLocal
+		}
+		if fe.Masquerade {
+			head.Flags |= flagSNAT
+		}
+		if fe.SourceRanges != nil {
+			head.Flags |= flagRanges
+			for _, p := range fe.SourceRanges {
+				e.Ranges[rangeKey{Prefixlen: 32 + uint32(p.Bits()), RevNatId: rid, Addr: addrToBE(p.Addr())}] = 1
+			}
 		}
 		e.Services[base] = head
 	}
