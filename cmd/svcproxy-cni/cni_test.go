@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -14,6 +12,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/api/podserver"
 	"github.com/svcproxy/svcproxy/cni"
+	"github.com/svcproxy/svcproxy/cni/cnitest"
 )
 
 var (
@@ -29,7 +28,7 @@ func dualStack() podserver.Network {
 }
 
 func attachment(podNS string) podserver.Attachment {
-	return podserver.Attachment{ContainerID: cnitoolContainerID(nsPath(podNS)), IfName: "eth0"}
+	return podserver.Attachment{ContainerID: cnitest.CnitoolContainerID(cnitest.NsPath(podNS)), IfName: "eth0"}
 }
 
 // checkResult checks an ADD result against the allocation and the kernel.
@@ -41,9 +40,9 @@ func checkResult(t *testing.T, e *env, podNS string, res *current.Result) []neti
 	}
 	hostVeth := cni.HostVethName(attachment(podNS).ContainerID, "eth0")
 	if res.CNIVersion != "1.1.0" || len(res.Interfaces) != 3 || res.Interfaces[0].Name != "svc0" ||
-		res.Interfaces[1].Name != hostVeth || res.Interfaces[2].Name != "eth0" || res.Interfaces[2].Sandbox != nsPath(podNS) ||
+		res.Interfaces[1].Name != hostVeth || res.Interfaces[2].Name != "eth0" || res.Interfaces[2].Sandbox != cnitest.NsPath(podNS) ||
 		res.Interfaces[2].Mac == "" || res.Interfaces[1].Sandbox != "" {
-		t.Fatalf("result interfaces = %v, want [svc0, %s, eth0 in %s] (version 1.1.0, got %s)", res.Interfaces, hostVeth, nsPath(podNS), res.CNIVersion)
+		t.Fatalf("result interfaces = %v, want [svc0, %s, eth0 in %s] (version 1.1.0, got %s)", res.Interfaces, hostVeth, cnitest.NsPath(podNS), res.CNIVersion)
 	}
 	if len(res.IPs) != 2 || len(res.Routes) != 2 {
 		t.Fatalf("result has %d IPs and %d routes, want 2 and 2: %v", len(res.IPs), len(res.Routes), res)
@@ -62,7 +61,7 @@ func checkResult(t *testing.T, e *env, podNS string, res *current.Result) []neti
 	}
 
 	// Kernel, pod side: eth0 up with both addresses and default routes via the gateways.
-	inNS(t, podNS, func() error {
+	cnitest.InNS(t, podNS, func() error {
 		l, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -99,15 +98,15 @@ func checkResult(t *testing.T, e *env, podNS string, res *current.Result) []neti
 	})
 
 	// Kernel, node side: host veth is an up port of svc0 with hairpin on; svc0 holds the gateways.
-	br := linkIn(t, e.node, "svc0")
-	host := linkIn(t, e.node, hostVeth)
+	br := cnitest.LinkIn(t, e.node, "svc0")
+	host := cnitest.LinkIn(t, e.node, hostVeth)
 	if br == nil || host == nil {
 		t.Fatalf("node namespace lacks bridge svc0 (%v) or host veth %s (%v)", br, hostVeth, host)
 	}
 	if host.Attrs().MasterIndex != br.Attrs().Index || host.Attrs().OperState != netlink.OperUp {
 		t.Fatalf("host veth %s: master %d (bridge %d), state %s; want an up port of svc0", hostVeth, host.Attrs().MasterIndex, br.Attrs().Index, host.Attrs().OperState)
 	}
-	inNS(t, e.node, func() error {
+	cnitest.InNS(t, e.node, func() error {
 		pi, err := netlink.LinkGetProtinfo(host)
 		if err != nil {
 			return err
@@ -129,98 +128,98 @@ func checkResult(t *testing.T, e *env, podNS string, res *current.Result) []neti
 
 func TestPodLifecycleThroughCnitool(t *testing.T) {
 	e := newEnv(t, dualStack())
-	podA, podB := netnsAdd(t, "a"), netnsAdd(t, "b")
+	podA, podB := cnitest.NetnsAdd(t, "a"), cnitest.NetnsAdd(t, "b")
 
-	if out, err := e.cnitool("status", nsPath(podA), "", nil); err != nil {
+	if out, err := e.Cnitool("status", cnitest.NsPath(podA), "", nil); err != nil {
 		t.Fatalf("STATUS with a ready daemon: %v (%s)", err, out)
 	}
 
 	// ADD two pods; the bridge is created on the first.
-	if linkIn(t, e.node, "svc0") != nil {
+	if cnitest.LinkIn(t, e.node, "svc0") != nil {
 		t.Fatal("svc0 exists before the first ADD")
 	}
-	resA := e.add(podA, "pod-a", map[string]string{"app": "web", "tier": "front"})
+	resA := e.Add(podA, "pod-a", map[string]string{"app": "web", "tier": "front"})
 	addrsA := checkResult(t, e, podA, resA)
-	resB := e.add(podB, "pod-b", map[string]string{"app": "db"})
+	resB := e.Add(podB, "pod-b", map[string]string{"app": "db"})
 	addrsB := checkResult(t, e, podB, resB)
 	if addrsA[0] == addrsB[0] || addrsA[1] == addrsB[1] {
 		t.Fatalf("pods share an address: %v and %v", addrsA, addrsB)
 	}
 	pod := e.mem.Pods()[attachment(podA)]
-	if pod.Namespace != "default" || pod.Name != "pod-a" || pod.Labels["app"] != "web" || pod.Labels["tier"] != "front" || pod.Netns != nsPath(podA) {
+	if pod.Namespace != "default" || pod.Name != "pod-a" || pod.Labels["app"] != "web" || pod.Labels["tier"] != "front" || pod.Netns != cnitest.NsPath(podA) {
 		t.Fatalf("daemon recorded %+v for pod A, want default/pod-a with labels app=web,tier=front and its netns", pod)
 	}
 
 	for _, key := range []string{"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"} {
-		if out, err := run(tctx(t), nil, nil, "ip", "netns", "exec", e.node, "sysctl", "-n", key); err != nil || strings.TrimSpace(out) != "1" {
+		if out, err := cnitest.Run(cnitest.Ctx(t), nil, nil, "ip", "netns", "exec", e.node, "sysctl", "-n", key); err != nil || strings.TrimSpace(out) != "1" {
 			t.Fatalf("node %s = %q (%v), want 1", key, out, err)
 		}
 	}
 
 	// Traffic: each pod reaches the gateway and the other pod, in both families.
 	for _, dst := range []netip.Addr{gw4, gw6, addrsB[0], addrsB[1]} {
-		ping(t, podA, dst)
+		cnitest.Ping(t, podA, dst)
 	}
 	for _, dst := range []netip.Addr{addrsA[0], addrsA[1]} {
-		ping(t, podB, dst)
+		cnitest.Ping(t, podB, dst)
 	}
 
 	// CHECK passes, fails when the pod lost its default route, passes again once restored.
-	if out, err := e.cnitool("check", nsPath(podA), "pod-a", nil); err != nil {
+	if out, err := e.Cnitool("check", cnitest.NsPath(podA), "pod-a", nil); err != nil {
 		t.Fatalf("CHECK of a wired pod: %v (%s)", err, out)
 	}
-	if _, err := run(tctx(t), nil, nil, "ip", "-n", podA, "route", "del", "default"); err != nil {
+	if _, err := cnitest.Run(cnitest.Ctx(t), nil, nil, "ip", "-n", podA, "route", "del", "default"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.cnitool("check", nsPath(podA), "pod-a", nil); err == nil || !strings.Contains(err.Error(), "no route to 0.0.0.0/0 via 10.244.1.1") {
+	if _, err := e.Cnitool("check", cnitest.NsPath(podA), "pod-a", nil); err == nil || !strings.Contains(err.Error(), "no route to 0.0.0.0/0 via 10.244.1.1") {
 		t.Fatalf("CHECK without the default route: %v, want a failure naming the route", err)
 	}
-	if _, err := run(tctx(t), nil, nil, "ip", "-n", podA, "route", "add", "default", "via", gw4.String()); err != nil {
+	if _, err := cnitest.Run(cnitest.Ctx(t), nil, nil, "ip", "-n", podA, "route", "add", "default", "via", gw4.String()); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := e.cnitool("check", nsPath(podA), "pod-a", nil); err != nil {
+	if out, err := e.Cnitool("check", cnitest.NsPath(podA), "pod-a", nil); err != nil {
 		t.Fatalf("CHECK after restoring the route: %v (%s)", err, out)
 	}
 
 	// A second ADD without DEL fails and leaves pod A working with its address.
-	if _, err := e.cnitool("add", nsPath(podA), "pod-a", nil); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if _, err := e.Cnitool("add", cnitest.NsPath(podA), "pod-a", nil); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("second ADD of pod A: %v, want 'already exists'", err)
 	}
 	if got := e.mem.Addrs(attachment(podA)); len(got) != 2 || got[0] != addrsA[0] {
 		t.Fatalf("after the failed second ADD pod A holds %v, want %v", got, addrsA)
 	}
-	ping(t, podB, addrsA[0])
+	cnitest.Ping(t, podB, addrsA[0])
 
 	// DEL twice: both succeed; veth and address are gone after the first.
 	for i := range 2 {
-		if out, err := e.cnitool("del", nsPath(podA), "pod-a", nil); err != nil {
+		if out, err := e.Cnitool("del", cnitest.NsPath(podA), "pod-a", nil); err != nil {
 			t.Fatalf("DEL %d of pod A: %v (%s)", i+1, err, out)
 		}
-		if l := linkIn(t, e.node, resA.Interfaces[1].Name); l != nil {
+		if l := cnitest.LinkIn(t, e.node, resA.Interfaces[1].Name); l != nil {
 			t.Fatalf("host veth %s still exists after DEL", l.Attrs().Name)
 		}
-		if l := linkIn(t, podA, "eth0"); l != nil {
+		if l := cnitest.LinkIn(t, podA, "eth0"); l != nil {
 			t.Fatal("eth0 still exists in pod A after DEL")
 		}
 		if got := e.mem.Addrs(attachment(podA)); got != nil {
 			t.Fatalf("pod A still holds %v after DEL", got)
 		}
 	}
-	if err := tryPing(podB, addrsA[0]); err == nil {
+	if err := cnitest.TryPing(podB, addrsA[0]); err == nil {
 		t.Fatalf("pod B still reaches %s after pod A's DEL", addrsA[0])
 	}
 
 	// DEL of a pod whose netns is already gone succeeds and frees the address.
-	podC := netnsAdd(t, "c")
-	e.add(podC, "pod-c", nil)
+	podC := cnitest.NetnsAdd(t, "c")
+	e.Add(podC, "pod-c", nil)
 	hostC := cni.HostVethName(attachment(podC).ContainerID, "eth0")
-	if _, err := run(tctx(t), nil, nil, "ip", "netns", "del", podC); err != nil {
+	if _, err := cnitest.Run(cnitest.Ctx(t), nil, nil, "ip", "netns", "del", podC); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := e.cnitool("del", nsPath(podC), "pod-c", nil); err != nil {
+	if out, err := e.Cnitool("del", cnitest.NsPath(podC), "pod-c", nil); err != nil {
 		t.Fatalf("DEL with the netns gone: %v (%s)", err, out)
 	}
-	if e.mem.Addrs(attachment(podC)) != nil || linkIn(t, e.node, hostC) != nil {
+	if e.mem.Addrs(attachment(podC)) != nil || cnitest.LinkIn(t, e.node, hostC) != nil {
 		t.Fatal("DEL with the netns gone left the address or the host veth")
 	}
 
@@ -230,37 +229,37 @@ func TestPodLifecycleThroughCnitool(t *testing.T) {
 		t.Fatal(err)
 	}
 	valid := []types.GCAttachment{{ContainerID: attachment(podB).ContainerID, IfName: "eth0"}}
-	if out, cerr := e.plugin("GC", map[string]any{"cni.dev/valid-attachments": valid}); cerr != nil {
+	if out, cerr := e.Plugin("GC", map[string]any{"cni.dev/valid-attachments": valid}); cerr != nil {
 		t.Fatalf("GC: %v (%s)", cerr, out)
 	}
 	if pods := e.mem.Pods(); len(pods) != 1 || e.mem.Addrs(attachment(podB)) == nil {
 		t.Fatalf("after GC the daemon holds %v, want only pod B", pods)
 	}
-	ping(t, podB, gw4) // GC left pod B alone
+	cnitest.Ping(t, podB, gw4) // GC left pod B alone
 	// cnitool gc passes no valid attachment: libcni DELs the cached attachment of pod B and the
 	// plugin's GC frees what is left.
-	if out, err := e.cnitool("gc", nsPath(podB), "", nil); err != nil {
+	if out, err := e.Cnitool("gc", cnitest.NsPath(podB), "", nil); err != nil {
 		t.Fatalf("cnitool gc: %v (%s)", err, out)
 	}
 	if pods := e.mem.Pods(); len(pods) != 0 {
 		t.Fatalf("after cnitool gc the daemon holds %v, want nothing", pods)
 	}
-	if l := linkIn(t, podB, "eth0"); l != nil {
+	if l := cnitest.LinkIn(t, podB, "eth0"); l != nil {
 		t.Fatal("pod B's eth0 survived cnitool gc")
 	}
 
 	// STATUS: fails with code 50 once the daemon is gone.
 	e.srv.Stop()
-	if _, err := e.cnitool("status", nsPath(podB), "", nil); err == nil || !strings.Contains(err.Error(), "not available") {
+	if _, err := e.Cnitool("status", cnitest.NsPath(podB), "", nil); err == nil || !strings.Contains(err.Error(), "not available") {
 		t.Fatalf("cnitool status without daemon: %v, want a failure", err)
 	}
-	if _, cerr := e.plugin("STATUS", nil); cerr == nil || cerr.Code != types.ErrPluginNotAvailable {
+	if _, cerr := e.Plugin("STATUS", nil); cerr == nil || cerr.Code != types.ErrPluginNotAvailable {
 		t.Fatalf("STATUS without daemon: %v, want code %d", cerr, types.ErrPluginNotAvailable)
 	}
-	if _, err := e.cnitool("add", nsPath(podB), "pod-b", nil); err == nil || !strings.Contains(err.Error(), "not reachable") {
+	if _, err := e.Cnitool("add", cnitest.NsPath(podB), "pod-b", nil); err == nil || !strings.Contains(err.Error(), "not reachable") {
 		t.Fatalf("ADD without daemon: %v, want 'not reachable'", err)
 	}
-	if l := linkIn(t, podB, "eth0"); l != nil {
+	if l := cnitest.LinkIn(t, podB, "eth0"); l != nil {
 		t.Fatal("ADD without daemon created eth0")
 	}
 }
@@ -269,65 +268,62 @@ func TestFullRangeAndRollback(t *testing.T) {
 	// 10.244.1.0/30: .0 network, .1 gateway, .3 broadcast: one pod fits.
 	n := podserver.Network{Bridge: "svc0", Ranges: []podserver.Range{{Prefix: netip.MustParsePrefix("10.244.1.0/30"), Gateway: gw4}}}
 	e := newEnv(t, n)
-	podA, podB := netnsAdd(t, "a"), netnsAdd(t, "b")
-	e.add(podA, "pod-a", nil)
-	if _, cerr := e.plugin("STATUS", nil); cerr == nil || cerr.Code != types.ErrPluginNotAvailable || !strings.Contains(cerr.Msg, "10.244.1.0/30") {
+	podA, podB := cnitest.NetnsAdd(t, "a"), cnitest.NetnsAdd(t, "b")
+	e.Add(podA, "pod-a", nil)
+	if _, cerr := e.Plugin("STATUS", nil); cerr == nil || cerr.Code != types.ErrPluginNotAvailable || !strings.Contains(cerr.Msg, "10.244.1.0/30") {
 		t.Fatalf("STATUS with a full range: %v, want code 50 naming the range", cerr)
 	}
-	if _, err := e.cnitool("status", nsPath(podA), "", nil); err == nil {
+	if _, err := e.Cnitool("status", cnitest.NsPath(podA), "", nil); err == nil {
 		t.Fatal("cnitool status with a full range succeeded")
 	}
-	if _, err := e.cnitool("add", nsPath(podB), "pod-b", nil); err == nil || !strings.Contains(err.Error(), "10.244.1.0/30") {
+	if _, err := e.Cnitool("add", cnitest.NsPath(podB), "pod-b", nil); err == nil || !strings.Contains(err.Error(), "10.244.1.0/30") {
 		t.Fatalf("ADD into a full range: %v, want a failure naming the range", err)
 	}
-	if linkIn(t, podB, "eth0") != nil || linkIn(t, e.node, cni.HostVethName(attachment(podB).ContainerID, "eth0")) != nil {
+	if cnitest.LinkIn(t, podB, "eth0") != nil || cnitest.LinkIn(t, e.node, cni.HostVethName(attachment(podB).ContainerID, "eth0")) != nil {
 		t.Fatal("failed ADD left a veth")
 	}
-	if out, err := e.cnitool("del", nsPath(podA), "pod-a", nil); err != nil {
+	if out, err := e.Cnitool("del", cnitest.NsPath(podA), "pod-a", nil); err != nil {
 		t.Fatalf("DEL: %v (%s)", err, out)
 	}
-	if out, cerr := e.plugin("STATUS", nil); cerr != nil {
+	if out, cerr := e.Plugin("STATUS", nil); cerr != nil {
 		t.Fatalf("STATUS after freeing the range: %v (%s)", cerr, out)
 	}
 
 	// Rollback: an ADD that fails after the allocation releases the address. Here the node
 	// has a non-bridge link (a veth) with the bridge's name.
-	if _, err := run(tctx(t), nil, nil, "ip", "-n", e.node, "link", "del", "svc0"); err != nil {
+	if _, err := cnitest.Run(cnitest.Ctx(t), nil, nil, "ip", "-n", e.node, "link", "del", "svc0"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := run(tctx(t), nil, nil, "ip", "-n", e.node, "link", "add", "svc0", "type", "veth", "peer", "name", "svc0peer"); err != nil {
+	if _, err := cnitest.Run(cnitest.Ctx(t), nil, nil, "ip", "-n", e.node, "link", "add", "svc0", "type", "veth", "peer", "name", "svc0peer"); err != nil {
 		t.Fatal(err)
 	}
 	releases := e.mem.Calls("release")
-	if _, err := e.cnitool("add", nsPath(podB), "pod-b", nil); err == nil || !strings.Contains(err.Error(), "not a bridge") {
+	if _, err := e.Cnitool("add", cnitest.NsPath(podB), "pod-b", nil); err == nil || !strings.Contains(err.Error(), "not a bridge") {
 		t.Fatalf("ADD with a veth named svc0: %v, want 'not a bridge'", err)
 	}
 	if e.mem.Addrs(attachment(podB)) != nil || e.mem.Calls("release") != releases+1 {
 		t.Fatalf("failed ADD kept its address (%v) or did not release it once", e.mem.Addrs(attachment(podB)))
 	}
-	if linkIn(t, podB, "eth0") != nil {
+	if cnitest.LinkIn(t, podB, "eth0") != nil {
 		t.Fatal("failed ADD left eth0 in the pod")
 	}
 }
 
 func TestOldSpecVersion(t *testing.T) {
 	e := newEnv(t, dualStack())
-	conf := fmt.Sprintf(`{"cniVersion": "0.4.0", "name": %q, "plugins": [{"type": "svcproxy-cni", "apiSocket": %q}]}`, e.netName, e.srv.Socket)
-	if err := os.WriteFile(filepath.Join(e.confDir, "10-svcproxy.conflist"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	pod := netnsAdd(t, "a")
-	out, err := e.cnitool("add", nsPath(pod), "pod-a", nil)
+	e.WriteConflist("0.4.0")
+	pod := cnitest.NetnsAdd(t, "a")
+	out, err := e.Cnitool("add", cnitest.NsPath(pod), "pod-a", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out, `"cniVersion": "0.4.0"`) || !strings.Contains(out, `"version": "4"`) {
 		t.Fatalf("0.4.0 ADD result = %s, want a 0.4.0 result with per-IP versions", out)
 	}
-	if out, err := e.cnitool("check", nsPath(pod), "pod-a", nil); err != nil {
+	if out, err := e.Cnitool("check", cnitest.NsPath(pod), "pod-a", nil); err != nil {
 		t.Fatalf("0.4.0 CHECK: %v (%s)", err, out)
 	}
-	if out, err := e.cnitool("del", nsPath(pod), "pod-a", nil); err != nil {
+	if out, err := e.Cnitool("del", cnitest.NsPath(pod), "pod-a", nil); err != nil {
 		t.Fatalf("0.4.0 DEL: %v (%s)", err, out)
 	}
 }
@@ -339,13 +335,13 @@ func TestConcurrentAdds(t *testing.T) {
 	const n = 6
 	pods := make([]string, n)
 	for i := range pods {
-		pods[i] = netnsAdd(t, fmt.Sprintf("p%d", i))
+		pods[i] = cnitest.NetnsAdd(t, fmt.Sprintf("p%d", i))
 	}
 	parallel := func(cmd string) {
 		errs := make(chan error, n)
 		for i, p := range pods {
 			go func() {
-				_, err := e.cnitool(cmd, nsPath(p), fmt.Sprintf("pod-%d", i), nil)
+				_, err := e.Cnitool(cmd, cnitest.NsPath(p), fmt.Sprintf("pod-%d", i), nil)
 				errs <- err
 			}()
 		}
@@ -368,8 +364,8 @@ func TestConcurrentAdds(t *testing.T) {
 		seen[a[0]] = true
 	}
 	for i, p := range pods {
-		ping(t, p, gw4)
-		ping(t, p, e.mem.Addrs(attachment(pods[(i+1)%n]))[0])
+		cnitest.Ping(t, p, gw4)
+		cnitest.Ping(t, p, e.mem.Addrs(attachment(pods[(i+1)%n]))[0])
 	}
 	parallel("del")
 	if left := e.mem.Pods(); len(left) != 0 {
