@@ -32,6 +32,8 @@ func NewMemAllocator(opts ...MemOption) Allocator {
 		ipsOf:    map[model.ServiceKey]map[netip.Prefix]netip.Addr{},
 		portUser: map[uint16]map[string]model.ServiceKey{},
 		portOf:   map[string]uint16{},
+		ipHint:   map[netip.Addr]netip.Addr{},
+		portHint: map[int]int{},
 	}
 	for _, o := range opts {
 		o(m)
@@ -49,6 +51,10 @@ type memAllocator struct {
 	// the ports of one service may share a node port (e.g. TCP and UDP 53).
 	portUser map[uint16]map[string]model.ServiceKey
 	portOf   map[string]uint16
+	// ipHint and portHint remember, per band, below which value nothing is free, so that
+	// allocating n values costs O(n) rather than O(n²); any release forgets them.
+	ipHint   map[netip.Addr]netip.Addr
+	portHint map[int]int
 }
 
 // ServiceIP implements Allocator.
@@ -70,6 +76,7 @@ func (m *memAllocator) ServiceIP(key model.ServiceKey, cidr netip.Prefix, want n
 		}
 		if held.IsValid() && held != want {
 			delete(m.ipOwner, held)
+			m.released()
 		}
 		m.setIP(key, cidr, want)
 		return want, nil
@@ -106,12 +113,24 @@ func (m *memAllocator) setIP(key model.ServiceKey, cidr netip.Prefix, a netip.Ad
 
 // freeIP returns the lowest unallocated address in [from, to].
 func (m *memAllocator) freeIP(from, to netip.Addr) (netip.Addr, bool) {
-	for a := from; a.IsValid() && !to.Less(a); a = a.Next() {
+	start := from
+	if h, ok := m.ipHint[from]; ok {
+		start = h
+	}
+	for a := start; a.IsValid() && !to.Less(a); a = a.Next() {
 		if _, taken := m.ipOwner[a]; !taken {
+			m.ipHint[from] = a
 			return a, true
 		}
 	}
+	m.ipHint[from] = to.Next()
 	return netip.Addr{}, false
+}
+
+// released forgets the search hints after a value was freed.
+func (m *memAllocator) released() {
+	clear(m.ipHint)
+	clear(m.portHint)
 }
 
 // useNodePortRange adopts the node port range of the config being built, unless the range
@@ -162,11 +181,17 @@ func (m *memAllocator) port(user string, svc model.ServiceKey, want uint16) (uin
 		offset = 0
 	}
 	try := func(from, to int) (uint16, bool) {
-		for p := from; p <= to; p++ {
+		start := from
+		if h, ok := m.portHint[from]; ok {
+			start = h
+		}
+		for p := start; p <= to; p++ {
 			if len(m.portUser[uint16(p)]) == 0 {
+				m.portHint[from] = p
 				return uint16(p), true
 			}
 		}
+		m.portHint[from] = to + 1
 		return 0, false
 	}
 	lo, hi := int(m.ports.Min), int(m.ports.Max)
@@ -190,6 +215,7 @@ func (m *memAllocator) setPort(user string, svc model.ServiceKey, p uint16) {
 }
 
 func (m *memAllocator) dropPortUser(user string, p uint16) {
+	m.released()
 	delete(m.portUser[p], user)
 	if len(m.portUser[p]) == 0 {
 		delete(m.portUser, p)
@@ -213,6 +239,7 @@ func (m *memAllocator) Retain(services []model.ServiceKey) {
 			delete(m.ipOwner, a)
 		}
 		delete(m.ipsOf, k)
+		m.released()
 	}
 	for p, users := range m.portUser {
 		for user, svc := range users {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"reflect"
 	"regexp"
 	"strconv"
 
@@ -32,7 +33,7 @@ func Load(path string) (*Config, error) {
 // EndpointSlice (discovery.k8s.io/v1) objects. It returns an *Error listing every problem.
 func Parse(name string, data []byte) (*Config, error) {
 	var probs []Problem
-	p := &parser{file: name, probs: &probs, cfg: &Config{File: name}}
+	p := &parser{file: name, probs: &probs, cfg: &Config{File: name}, fields: map[reflect.Type]map[string]field{}}
 	p.run(data)
 	if len(probs) > 0 {
 		sortProblems(&probs)
@@ -49,6 +50,7 @@ type parser struct {
 
 	proxyDoc *doc
 	raw      *rawConfig
+	fields   map[reflect.Type]map[string]field
 	kubeSvcs []*kubeDoc[corev1.Service]
 	slices   []*kubeDoc[discoveryv1.EndpointSlice]
 }
@@ -96,7 +98,7 @@ func (p *parser) run(data []byte) {
 
 // document dispatches one YAML document on its apiVersion and kind.
 func (p *parser) document(i int, root *yaml.Node) {
-	d := &doc{file: p.file, index: i, start: pos{root.Line, root.Column}, at: map[string]pos{}, probs: p.probs}
+	d := &doc{file: p.file, index: i, start: pos{root.Line, root.Column}, at: map[string]pos{}, probs: p.probs, fields: p.fields}
 	if root.Kind != yaml.MappingNode {
 		d.addf("", "a document must be a mapping with apiVersion and kind, not %s", nodeKind(root))
 		return

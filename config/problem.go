@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"reflect"
 	"sort"
 	"strings"
 )
@@ -76,6 +77,8 @@ type doc struct {
 	// bad holds the paths whose value the reader refused: later checks that find the value
 	// missing or zero do not report it again.
 	bad map[string]bool
+	// fields caches the json fields of struct types, shared by the documents of one file.
+	fields map[reflect.Type]map[string]field
 }
 
 // where returns the position of path, or of its nearest recorded ancestor.

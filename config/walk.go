@@ -230,8 +230,15 @@ func walkStruct(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 		d.refuse(path, "must be a mapping, not %s", nodeKind(n))
 		return nil
 	}
-	fields := map[string]field{}
-	jsonFields(t, fields)
+	fields, ok := d.fields[t]
+	if !ok {
+		fields = map[string]field{}
+		jsonFields(t, fields)
+		if d.fields == nil {
+			d.fields = map[reflect.Type]map[string]field{}
+		}
+		d.fields[t] = fields
+	}
 	out := map[string]any{}
 	seen := map[string]bool{}
 	for _, kv := range pairs(n) {
