@@ -418,7 +418,7 @@ func (p *parser) staticEndpoints(e *entry, eps []rawEndpoint) {
 			continue
 		}
 		checkEndpointIP(d, join(path, "ip"), a)
-		if !e.hasFamily(a) {
+		if (e.v4 || e.v6) && !e.hasFamily(a) {
 			d.addf(join(path, "ip"), "%s is of an IP family the service has no VIP of", a)
 		}
 		if first, dup := seen[a]; dup {
