@@ -149,7 +149,10 @@ func TestCrashSafety(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash test re-executes the test binary 60 times")
 	}
-	rounds := 60
+	// 60 rounds always run (each is bounded: the kill comes within 250 ms); extra rounds asked
+	// for through the environment stop at a 4-minute bound.
+	const minRounds = 60
+	rounds := minRounds
 	if v, err := strconv.Atoi(os.Getenv(crashRoundsEnv)); err == nil && v > rounds {
 		rounds = v
 	}
@@ -167,7 +170,7 @@ func TestCrashSafety(t *testing.T) {
 	var maxGenBefore uint64            // the highest generation reported in earlier rounds
 	var reported, checks, released, done int
 	for r := range rounds {
-		if time.Now().After(deadline) {
+		if r >= minRounds && time.Now().After(deadline) {
 			break
 		}
 		logPath := filepath.Join(dir, fmt.Sprintf("round-%03d.log", r))
@@ -315,9 +318,6 @@ func TestCrashSafety(t *testing.T) {
 			t.Fatal(err)
 		}
 		done++
-	}
-	if done < 50 {
-		t.Fatalf("only %d crash rounds ran before the time bound, want at least 50", done)
 	}
 	if reported == 0 {
 		t.Fatal("the children reported no allocation at all: the kills came too early to test anything")
