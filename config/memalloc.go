@@ -10,12 +10,12 @@ import (
 )
 
 // MemOption configures NewMemAllocator.
-type MemOption func(*memAllocator)
+type MemOption struct{ apply func(*memAllocator) }
 
 // WithNodePortRange sets the range node ports are allocated from. Without it, the range is
 // the nodePortRange of the config whose BuildState uses the allocator (30000-32767 until then).
 func WithNodePortRange(r PortRange) MemOption {
-	return func(m *memAllocator) { m.ports, m.fixedPorts = r, true }
+	return MemOption{func(m *memAllocator) { m.ports, m.fixedPorts = r, true }}
 }
 
 // NewMemAllocator returns an Allocator that keeps everything in memory: for tests and for
@@ -36,7 +36,7 @@ func NewMemAllocator(opts ...MemOption) Allocator {
 		portHint: map[int]int{},
 	}
 	for _, o := range opts {
-		o(m)
+		o.apply(m)
 	}
 	return m
 }
