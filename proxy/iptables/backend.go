@@ -257,24 +257,97 @@ func (b *Backend) ensureJumps(ctx context.Context) error {
 	return nil
 }
 
-// kernelChains returns the chains of table as iptables-save lists them.
-func (b *Backend) kernelChains(ctx context.Context, table string) ([]string, error) {
+// kernelTable is what iptables-save shows of one table: its chains, and the rules of
+// built-in chains that jump into svcproxy's chains (as "-A CHAIN ..." lines). Foreign user
+// chains jumping into ours are not ours to delete.
+type kernelTable struct {
+	chains []string
+	jumps  []string
+}
+
+// hasJump reports whether a rule of built-in chain jumps to target.
+func (k kernelTable) hasJump(chain, target string) bool {
+	for _, l := range k.jumps {
+		if strings.HasPrefix(l, "-A "+chain+" ") && strings.HasSuffix(l, " -j "+target) {
+			return true
+		}
+	}
+	return false
+}
+
+func (k kernelTable) hasChain(chain string) bool {
+	for _, c := range k.chains {
+		if c == chain {
+			return true
+		}
+	}
+	return false
+}
+
+// kernelState reads table with iptables-save.
+func (b *Backend) kernelState(ctx context.Context, table string) (kernelTable, error) {
+	var k kernelTable
 	out, err := b.run.Run(ctx, b.bin.save, []string{"-t", table}, nil)
 	if err != nil {
-		return nil, fmt.Errorf("iptables backend: reading table %s: %w", table, err)
+		return k, fmt.Errorf("iptables backend: reading table %s: %w", table, err)
 	}
-	var chains []string
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
 	for sc.Scan() {
 		l := sc.Text()
-		if strings.HasPrefix(l, ":") {
+		switch {
+		case strings.HasPrefix(l, ":"):
 			if f := strings.Fields(l[1:]); len(f) > 0 {
-				chains = append(chains, f[0])
+				k.chains = append(k.chains, f[0])
+			}
+		case strings.HasPrefix(l, "-A ") && strings.Contains(l, " -j "+ChainPrefix):
+			switch strings.Fields(l)[1] {
+			case "PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING":
+				k.jumps = append(k.jumps, l)
 			}
 		}
 	}
-	return chains, sc.Err()
+	return k, sc.Err()
+}
+
+// withLines returns restore input with extra lines inserted before its final COMMIT.
+func withLines(input []byte, lines []string) []byte {
+	if len(lines) == 0 {
+		return input
+	}
+	body := bytes.TrimSuffix(input, []byte("COMMIT\n"))
+	out := make([]byte, 0, len(input)+256*len(lines))
+	out = append(out, body...)
+	for _, l := range lines {
+		out = append(out, l...)
+		out = append(out, '\n')
+	}
+	return append(out, "COMMIT\n"...)
+}
+
+// missingJumps returns "-I CHAIN 1 ..." lines for the jump rules of table absent in k, in an
+// order that leaves them in JumpRules order at the top of each chain.
+func missingJumps(table string, k kernelTable) []string {
+	rules := JumpRules()
+	var out []string
+	for i := len(rules) - 1; i >= 0; i-- {
+		r := rules[i]
+		if r.Table != table || k.hasJump(r.Chain, r.Args[len(r.Args)-1]) {
+			continue
+		}
+		var sb strings.Builder
+		sb.WriteString("-I " + r.Chain + " 1")
+		for _, a := range r.Args {
+			sb.WriteByte(' ')
+			if strings.Contains(a, " ") {
+				sb.WriteString(strconv.Quote(a))
+			} else {
+				sb.WriteString(a)
+			}
+		}
+		out = append(out, sb.String())
+	}
+	return out
 }
 
 func (b *Backend) restore(ctx context.Context, table string, input []byte) error {
@@ -293,15 +366,19 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 	defer b.mu.Unlock()
 	full = full || b.needFull || b.written == nil || changes.Settings
 	prev := b.written
+	// On the first full sync and after a failure the kernel is read: stale chains are deleted
+	// and missing jump rules are inserted in the same restore as the chains they jump to.
+	var kern map[string]kernelTable
 	if full && b.readKern {
+		kern = map[string]kernelTable{}
 		tables := map[string][]string{}
 		for _, t := range []string{"nat", "filter"} {
-			ch, err := b.kernelChains(ctx, t)
+			k, err := b.kernelState(ctx, t)
 			if err != nil {
 				b.needFull = true
 				return proxy.SyncResult{Full: true}, err
 			}
-			tables[t] = ch
+			kern[t], tables[t] = k, k.chains
 		}
 		prev = prev.WithKernelChains(tables)
 	}
@@ -312,10 +389,16 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 	// Until both tables and the jump rules are known good, the next sync is a full one that
 	// reads the kernel first.
 	b.needFull, b.readKern = true, true
-	if err := b.restore(ctx, "filter", plan.Filter); err != nil {
+	planned := time.Now()
+	filterIn, natIn := plan.Filter, plan.NAT
+	if kern != nil {
+		filterIn = withLines(filterIn, missingJumps("filter", kern["filter"]))
+		natIn = withLines(natIn, missingJumps("nat", kern["nat"]))
+	}
+	if err := b.restore(ctx, "filter", filterIn); err != nil {
 		return res, err
 	}
-	if err := b.restore(ctx, "nat", plan.NAT); err != nil {
+	if err := b.restore(ctx, "nat", natIn); err != nil {
 		if b.lastFilter != nil {
 			if rerr := b.restore(ctx, "filter", b.lastFilter); rerr != nil {
 				b.log.Error("rolling back the filter table after the nat table was refused failed", "err", rerr)
@@ -323,18 +406,22 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 		}
 		return res, err
 	}
-	if plan.Full {
+	restored := time.Now()
+	if plan.Full && kern == nil {
+		// Periodic full sync: check the jump rules one by one.
 		if err := b.ensureJumps(ctx); err != nil {
 			return res, err
 		}
 	}
+	jumped := time.Now()
 	b.needFull, b.readKern = false, false
 	b.written = plan.Written
 	b.lastFilter = plan.Filter
 	prevState := b.lastState
 	b.lastState = st
 	b.log.Debug("iptables sync", "full", plan.Full, "services", plan.ServicesWritten, "rules", plan.Rules,
-		"deleted", len(plan.Deleted), "natBytes", len(plan.NAT), "filterBytes", len(plan.Filter), "took", time.Since(start))
+		"deleted", len(plan.Deleted), "natBytes", len(plan.NAT), "filterBytes", len(plan.Filter),
+		"plan", planned.Sub(start), "restore", restored.Sub(planned), "jumps", jumped.Sub(restored))
 
 	var only map[model.ServiceKey]struct{}
 	if !changes.Settings {
@@ -369,57 +456,38 @@ func (b *Backend) Verify(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// Cleanup implements proxy.Backend: it deletes the jump rules from the built-in chains and
-// then every SVCPROXY- chain of nat and filter in one restore per table. Nothing else is
-// touched. It fails when a removal is refused (for example a foreign rule jumps into one of
-// our chains).
+// Cleanup implements proxy.Backend: it deletes every rule of a built-in chain that jumps into
+// an SVCPROXY- chain and then every SVCPROXY- chain of nat and filter, in one restore per
+// table. Nothing else is touched. It fails when a removal is refused (for example a foreign
+// user chain jumps into one of ours).
 func (b *Backend) Cleanup(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.needFull, b.readKern, b.written, b.lastState, b.lastFilter = true, true, nil, nil, nil
+	// One restore per table deletes the jump rules (as iptables-save spells them) and then
+	// flushes and deletes every SVCPROXY- chain.
 	var errs []error
-	chains := map[string][]string{}
 	for _, t := range []string{"filter", "nat"} {
-		ch, err := b.kernelChains(ctx, t)
+		k, err := b.kernelState(ctx, t)
 		if err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
-		chains[t] = ch
-	}
-	exists := func(table, chain string) bool {
-		for _, c := range chains[table] {
-			if c == chain {
-				return true
-			}
-		}
-		return false
-	}
-	for _, r := range JumpRules() {
-		if !exists(r.Table, r.Args[len(r.Args)-1]) {
-			continue // no chain, so no rule can jump to it
-		}
-		for range 16 { // duplicates, if someone else inserted them again
-			if _, err := b.ipt(ctx, append([]string{"-t", r.Table, "-C", r.Chain}, r.Args...)...); err != nil {
-				if exitCode(err) != 1 {
-					errs = append(errs, fmt.Errorf("iptables backend: checking jump rule in %s/%s: %w", r.Table, r.Chain, err))
-				}
-				break
-			}
-			if _, err := b.ipt(ctx, append([]string{"-t", r.Table, "-D", r.Chain}, r.Args...)...); err != nil {
-				errs = append(errs, fmt.Errorf("iptables backend: deleting jump rule in %s/%s: %w", r.Table, r.Chain, err))
-				break
-			}
-		}
-	}
-	for _, t := range []string{"filter", "nat"} {
 		var decl, del strings.Builder
-		for _, c := range chains[t] {
+		for _, l := range k.jumps {
+			del.WriteString("-D" + strings.TrimPrefix(l, "-A") + "\n")
+		}
+		for _, c := range k.chains {
 			if strings.HasPrefix(c, ChainPrefix) {
 				decl.WriteString(":" + c + " - [0:0]\n")
+			}
+		}
+		for _, c := range k.chains {
+			if strings.HasPrefix(c, ChainPrefix) {
 				del.WriteString("-X " + c + "\n")
 			}
 		}
-		if decl.Len() == 0 {
+		if decl.Len() == 0 && del.Len() == 0 {
 			continue
 		}
 		if err := b.restore(ctx, t, []byte("*"+t+"\n"+decl.String()+del.String()+"COMMIT\n")); err != nil {

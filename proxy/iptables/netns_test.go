@@ -348,7 +348,9 @@ func TestAutoFlavourInNetns(t *testing.T) {
 	}
 	// Only the other flavour holds rules: auto follows it.
 	mustRestore(t, r, "iptables-"+other+"-restore", "*filter\n-A OUTPUT -d 10.9.9.8/32 -j DROP\nCOMMIT\n")
-	t.Cleanup(func() { _, _ = r.Run(context.Background(), "iptables-"+other, []string{"-D", "OUTPUT", "-d", "10.9.9.8/32", "-j", "DROP"}, nil) })
+	t.Cleanup(func() {
+		_, _ = r.Run(context.Background(), "iptables-"+other, []string{"-D", "OUTPUT", "-d", "10.9.9.8/32", "-j", "DROP"}, nil)
+	})
 	if b, err = New(ctx, Options{Runner: r}); err != nil {
 		t.Fatal(err)
 	}

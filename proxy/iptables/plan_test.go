@@ -273,3 +273,17 @@ func cloneState(st *model.State) *model.State {
 	}
 	return &out
 }
+
+func TestLargeStateDropsEndpointComments(t *testing.T) {
+	small, _ := Render(bigState(10, 10))
+	big, _ := Render(bigState(101, 10))
+	if !strings.Contains(small, " -> 10.244.") {
+		t.Fatal("small state: endpoint comments missing")
+	}
+	if strings.Contains(big, " -> ") {
+		t.Fatal("state over LargeStateEndpoints: endpoint comments present")
+	}
+	if _, err := tracer.Parse(big); err != nil {
+		t.Fatal(err)
+	}
+}

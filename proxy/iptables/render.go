@@ -9,6 +9,10 @@ import (
 	"github.com/svcproxy/svcproxy/proxy/model"
 )
 
+// LargeStateEndpoints is the endpoint count above which endpoint rules carry no comment
+// (kube-proxy's threshold).
+const LargeStateEndpoints = 1000
+
 // Family is the IP family one Backend (and one Planner) programs: iptables or ip6tables.
 type Family int
 
@@ -425,6 +429,9 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 	next := &Written{services: make(map[model.ServiceKey][]string, len(st.Services)), orphans: map[string][]string{}}
 	plan := &Plan{Full: full}
 	var pps []portPlan
+	// Like kube-proxy, a large state drops the per-endpoint comments: they would be a third of
+	// the restore input.
+	large := st.EndpointCount() > LargeStateEndpoints
 	var nodePortRules writer
 	nodePortCount := 0
 
@@ -536,7 +543,7 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 			if !pp.hasEndpoints || reuse {
 				continue
 			}
-			chains = pl.serviceChains(pp, chains, rewrite, &nat, st.MasqueradeAll, clusterCIDRs, hostMask)
+			chains = pl.serviceChains(pp, chains, rewrite, &nat, st.MasqueradeAll, clusterCIDRs, hostMask, large)
 		}
 		next.services[s.Key] = chains
 	}
@@ -679,7 +686,7 @@ func (pl *Planner) remember(full bool, nat, filter *tableText) {
 // serviceChains records the chains of one port with endpoints in chains and, when rewrite is
 // set, writes them.
 func (pl *Planner) serviceChains(pp *portPlan, chains []string, rewrite bool, nat *tableText,
-	masqAll bool, clusterCIDRs []netip.Prefix, hostMask string) []string {
+	masqAll bool, clusterCIDRs []netip.Prefix, hostMask string, large bool) []string {
 	sChain, lChain, xChain, fChain := pp.chain(kindCluster), pp.chain(kindLocal), pp.chain(kindExternal), pp.chain(kindFirewall)
 
 	// Endpoint chains: the union of the cluster and local endpoints.
@@ -754,11 +761,13 @@ func (pl *Planner) serviceChains(pp *portPlan, chains []string, rewrite bool, na
 		n := len(list)
 		for i, e := range list {
 			w := nat.chainRule(chain)
-			w.s(" -m comment --comment \"")
-			w.s(pp.label)
-			w.s(" -> ")
-			w.b = e.AddrPort().AppendTo(w.b)
-			w.s("\"")
+			if !large {
+				w.s(" -m comment --comment \"")
+				w.s(pp.label)
+				w.s(" -> ")
+				w.b = e.AddrPort().AppendTo(w.b)
+				w.s("\"")
+			}
 			if i < n-1 {
 				w.s(" -m statistic --mode random --probability ")
 				w.s(pl.probability(n - i))
