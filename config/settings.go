@@ -25,6 +25,7 @@ func (p *parser) settings() {
 	c.MinSyncPeriod = DefaultMinSyncPeriod
 	c.SyncPeriod = DefaultSyncPeriod
 	c.IPTablesBackend = DefaultIPTablesBackend
+	c.EBPFPinPath = DefaultEBPFPinPath
 	c.healthChecks = map[model.ServiceKey]HealthCheck{}
 	if p.raw == nil {
 		return
@@ -123,6 +124,32 @@ func (p *parser) settings() {
 		default:
 			d.addf("iptables.backend", "must be auto, nft or legacy, not %q", r.IPTables.Backend)
 		}
+	}
+	if e := r.EBPF; e != nil {
+		if e.CgroupPath != "" {
+			if !filepath.IsAbs(e.CgroupPath) {
+				d.addf("ebpf.cgroupPath", "must be an absolute path, not %q", e.CgroupPath)
+			}
+			c.EBPFCgroupPath = filepath.Clean(e.CgroupPath)
+		}
+		if e.PinPath != "" {
+			if !filepath.IsAbs(e.PinPath) {
+				d.addf("ebpf.pinPath", "must be an absolute path, not %q", e.PinPath)
+			}
+			c.EBPFPinPath = filepath.Clean(e.PinPath)
+		}
+		seen := map[string]bool{}
+		for i, name := range e.Interfaces {
+			path := index("ebpf.interfaces", i)
+			switch {
+			case name == "" || len(name) > 15 || strings.ContainsAny(name, "/ \t"):
+				d.addf(path, "%q is not a valid interface name", name)
+			case seen[name]:
+				d.addf(path, "interface %q is listed twice", name)
+			}
+			seen[name] = true
+		}
+		c.EBPFInterfaces = e.Interfaces
 	}
 	p.nodes()
 }

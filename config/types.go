@@ -32,6 +32,7 @@ const (
 	DefaultSyncPeriod         = 30 * time.Second
 	DefaultAffinityTimeout    = 10800 * time.Second
 	DefaultIPTablesBackend    = "auto"
+	DefaultEBPFPinPath        = "/sys/fs/bpf/svcproxy"
 )
 
 // DefaultNodePortRange is the Kubernetes default range of node ports.
@@ -102,6 +103,14 @@ type Config struct {
 	SyncPeriod         time.Duration
 	// IPTablesBackend is "auto", "nft" or "legacy": which iptables binary family to drive.
 	IPTablesBackend string
+	// EBPFCgroupPath is the cgroup v2 directory the socket-LB hooks attach to; empty means
+	// the root of the host's cgroup v2 hierarchy (mounted at /run/svcproxy/cgroupv2 if absent).
+	EBPFCgroupPath string
+	// EBPFPinPath is the bpffs directory where maps and links are pinned.
+	EBPFPinPath string
+	// EBPFInterfaces get the per-packet (tc) programs; empty means every interface holding
+	// one of the node's IPv4 addresses, except loopback, the pod bridge and veths.
+	EBPFInterfaces []string
 	// Nodes lists every node of the `nodes` setting (this node too, when listed).
 	Nodes []model.Node
 
@@ -233,12 +242,19 @@ type rawConfig struct {
 	MinSyncPeriod      string        `json:"minSyncPeriod"`
 	SyncPeriod         string        `json:"syncPeriod"`
 	IPTables           *rawIPTables  `json:"iptables"`
+	EBPF               *rawEBPF      `json:"ebpf"`
 	Nodes              []rawNode     `json:"nodes"`
 	Services           []*rawService `json:"services"`
 }
 
 type rawIPTables struct {
 	Backend string `json:"backend"`
+}
+
+type rawEBPF struct {
+	CgroupPath string   `json:"cgroupPath"`
+	PinPath    string   `json:"pinPath"`
+	Interfaces []string `json:"interfaces"`
 }
 
 type rawNode struct {
