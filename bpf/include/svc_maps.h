@@ -136,7 +136,7 @@ struct destroy_key {
 };
 
 #ifndef SVC_MAX_SERVICES
-#define SVC_MAX_SERVICES 65536
+#define SVC_MAX_SERVICES 262144
 #endif
 
 struct {
@@ -151,7 +151,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
 	__type(value, struct backend_value);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 131072);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } svc_backends SEC(".maps");
 

@@ -20,8 +20,9 @@ type mapWriter interface {
 
 // applyResult counts what an apply wrote.
 type applyResult struct {
-	objects   int
-	frontends int
+	objects int
+	// changed holds the slot-0 keys of the frontends written or removed.
+	changed map[svcKey]bool
 	// removedBackends are the backends deleted from the backend map.
 	removedBackends []backendVal
 }
@@ -37,7 +38,7 @@ type applyResult struct {
 //
 // Source ranges are written in step 1 too, before a slot 0 announces them.
 func apply(w mapWriter, have, want *Entries) (applyResult, error) {
-	var res applyResult
+	res := applyResult{changed: map[svcKey]bool{}}
 	for _, id := range sortedIDs(want.Backends) {
 		v := want.Backends[id]
 		if old, ok := have.Backends[id]; ok && old == v {
@@ -112,7 +113,7 @@ func apply(w mapWriter, have, want *Entries) (applyResult, error) {
 			changed = true
 		}
 		if changed {
-			res.frontends++
+			res.changed[f] = true
 		}
 	}
 
@@ -127,7 +128,7 @@ func apply(w mapWriter, have, want *Entries) (applyResult, error) {
 			delete(have.Services, k)
 			res.objects++
 		}
-		res.frontends++
+		res.changed[f] = true
 	}
 
 	for _, id := range sortedIDs(have.RevNat) {

@@ -33,8 +33,8 @@ const DefaultPinPath = "/sys/fs/bpf/svcproxy"
 
 // MapSizes sets the capacity of each map; 0 keeps the default in brackets.
 type MapSizes struct {
-	Services   uint32 // frontend slots: one per frontend plus one per backend of it [65536]
-	Backends   uint32 // distinct endpoint address:port:protocol [65536]
+	Services   uint32 // frontend slots: one per frontend plus one per backend of it [262144]
+	Backends   uint32 // distinct endpoint address:port:protocol [131072]
 	RevNat     uint32 // distinct frontend address:port:protocol, at most 65535 [65536]
 	SockRevNat uint32 // sockets translated by socket-LB (LRU) [262144]
 	Affinity   uint32 // client x service pairs with sessionAffinity (LRU) [65536]
@@ -71,23 +71,45 @@ type Backend struct {
 	opts Options
 	log  *slog.Logger
 
-	mu      sync.Mutex
-	coll    *ebpf.Collection
-	objs    svcbpf.SvcObjects
-	links   map[string]link.Link // by pin name
-	cgroup  string
-	ifaces  []ifaceInfo
-	ids     *ids
-	written *Entries
-	plans   map[model.ServiceKey]servicePlan
-	addrs   []netip.Addr
-	synced  bool
-	closed  bool
+	mu   sync.Mutex
+	coll *ebpf.Collection
+	objs objects
+	// testSelect is svc_test_select, loaded only for tests.
+	testSelect *ebpf.Program
+	links      map[string]link.Link // by pin name
+	cgroup     string
+	ifaces     []ifaceInfo
+	ids        *ids
+	written    *Entries
+	desired    *desired
+	addrs      []netip.Addr
+	synced     bool
+	closed     bool
 }
 
-type servicePlan struct {
-	frontends []Frontend
-	local     map[BackendKey]bool
+// programs are the programs the data path runs (svcbpf.SvcPrograms without the test entry).
+type programs struct {
+	SvcConnect4     *ebpf.Program `ebpf:"svc_connect4"`
+	SvcSendmsg4     *ebpf.Program `ebpf:"svc_sendmsg4"`
+	SvcRecvmsg4     *ebpf.Program `ebpf:"svc_recvmsg4"`
+	SvcGetpeername4 *ebpf.Program `ebpf:"svc_getpeername4"`
+	SvcTcIngress    *ebpf.Program `ebpf:"svc_tc_ingress"`
+	SvcTcEgress     *ebpf.Program `ebpf:"svc_tc_egress"`
+	SvcDestroyUdp   *ebpf.Program `ebpf:"svc_destroy_udp"`
+}
+
+type objects struct {
+	programs
+	svcbpf.SvcMaps
+}
+
+func (o *objects) Close() {
+	for _, p := range []*ebpf.Program{o.SvcConnect4, o.SvcSendmsg4, o.SvcRecvmsg4, o.SvcGetpeername4, o.SvcTcIngress, o.SvcTcEgress, o.SvcDestroyUdp} {
+		if p != nil {
+			p.Close()
+		}
+	}
+	_ = o.SvcMaps.Close()
 }
 
 type ifaceInfo struct {
@@ -128,7 +150,7 @@ func New(opts Options) (*Backend, error) {
 	if ok, err := isFS(opts.PinPath, unix.BPF_FS_MAGIC); err != nil || !ok {
 		return nil, fmt.Errorf("ebpf backend: pin path %s is not on a bpffs (mount one, see EnsureBPFFS): %v", opts.PinPath, err)
 	}
-	b := &Backend{opts: opts, log: log, links: map[string]link.Link{}, plans: map[model.ServiceKey]servicePlan{}}
+	b := &Backend{opts: opts, log: log, links: map[string]link.Link{}}
 	spec, err := loadSpec(opts.MapSizes, opts.withTestProgram)
 	if err != nil {
 		return nil, err
@@ -143,6 +165,9 @@ func New(opts Options) (*Backend, error) {
 	if err := b.coll.Assign(&b.objs); err != nil {
 		b.coll.Close()
 		return nil, fmt.Errorf("ebpf backend: assign objects: %w", err)
+	}
+	if opts.withTestProgram {
+		b.testSelect = b.coll.DetachProgram(svcbpf.SvcProgSvcTestSelect)
 	}
 	b.ids = newIDs(b.objs.SvcBackends.MaxEntries())
 	if err := b.attach(); err != nil {
@@ -346,6 +371,10 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 	full = full || !b.synced || changes.Settings
 	res := proxy.SyncResult{Full: full}
 	b.synced = false
+	kernel := kernelMaps{&b.objs.SvcMaps}
+	var ar applyResult
+	var err error
+	var svcs []model.ServiceKey
 	if full {
 		if err := b.refreshNode(); err != nil {
 			return res, err
@@ -357,40 +386,64 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 		b.written = have
 		b.ids = newIDs(b.objs.SvcBackends.MaxEntries())
 		b.ids.adopt(have)
-		b.plans = make(map[model.ServiceKey]servicePlan, len(st.Services))
+		b.desired = newDesired()
 		for _, s := range st.Services {
-			fes, local := PlanService(st, s, b.addrs)
-			b.plans[s.Key] = servicePlan{fes, local}
+			if _, err := b.desired.add(st, s, b.addrs, b.ids, b.log); err != nil {
+				return res, fmt.Errorf("ebpf backend: %w", err)
+			}
+			svcs = append(svcs, s.Key)
+		}
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		ar, err = apply(kernel, b.written, b.desired.want)
+		if err == nil {
+			b.ids.keep(b.desired.want)
 		}
 	} else {
-		for k := range changes.Services {
+		tc := newTouched()
+		keys := sortedKeys(changes.Services)
+		// Remove every changed service first, so a frontend moving between two of them is free.
+		for _, k := range keys {
+			if old := b.desired.remove(k); old != nil {
+				tc.add(old)
+			}
+		}
+		for _, k := range keys {
 			s := st.Service(k)
 			if s == nil {
-				delete(b.plans, k)
 				continue
 			}
-			fes, local := PlanService(st, s, b.addrs)
-			b.plans[k] = servicePlan{fes, local}
+			e, err := b.desired.add(st, s, b.addrs, b.ids, b.log)
+			if err != nil {
+				return res, fmt.Errorf("ebpf backend: %w", err)
+			}
+			tc.add(e)
+			svcs = append(svcs, k)
+		}
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		wantV, haveV := views(tc, b.desired.want, b.written)
+		before := copyEntries(haveV)
+		ar, err = apply(kernel, haveV, wantV)
+		mergeBack(b.written, haveV, before)
+		if err == nil {
+			b.ids.release(tc, b.desired.want)
 		}
 	}
-	if err := ctx.Err(); err != nil {
-		return res, err
-	}
-	want := newEntries()
-	for _, s := range st.Services {
-		p := b.plans[s.Key]
-		if err := render(want, p.frontends, p.local, b.ids); errors.Is(err, errDuplicateFrontend) {
-			b.log.Warn("ebpf: service skipped on a frontend another service holds", "service", s.Key, "err", err)
-		} else if err != nil {
-			return res, fmt.Errorf("ebpf backend: %s: %w", s.Key, err)
+	res.Objects = ar.objects
+	for _, k := range svcs {
+		for sk := range b.desired.perSvc[k].Services {
+			if ar.changed[frontendOf(sk)] {
+				res.ServicesWritten++
+				break
+			}
 		}
 	}
-	ar, err := apply(kernelMaps{&b.objs}, b.written, want)
-	res.Objects, res.ServicesWritten = ar.objects, ar.frontends
 	if err != nil {
 		return res, fmt.Errorf("ebpf backend: %w", err)
 	}
-	b.ids.keep(want)
 	b.synced = true
 	var gone []BackendKey
 	for _, v := range ar.removedBackends {
@@ -577,10 +630,10 @@ func (b *Backend) maps() map[string]*ebpf.Map {
 
 // programs returns the loaded programs (svc_test_select only when loaded for tests).
 func (b *Backend) programs() []*ebpf.Program {
-	o := &b.objs.SvcPrograms
+	o := &b.objs.programs
 	ps := []*ebpf.Program{o.SvcConnect4, o.SvcSendmsg4, o.SvcRecvmsg4, o.SvcGetpeername4, o.SvcTcIngress, o.SvcTcEgress, o.SvcDestroyUdp}
-	if o.SvcTestSelect != nil {
-		ps = append(ps, o.SvcTestSelect)
+	if b.testSelect != nil {
+		ps = append(ps, b.testSelect)
 	}
 	return ps
 }
@@ -621,7 +674,10 @@ func (b *Backend) closeLocked() {
 		l.Close()
 	}
 	b.links = map[string]link.Link{}
-	_ = b.objs.Close()
+	b.objs.Close()
+	if b.testSelect != nil {
+		b.testSelect.Close()
+	}
 	if b.coll != nil {
 		b.coll.Close()
 	}
@@ -662,7 +718,7 @@ func CleanupPinned(ctx context.Context, pinPath string) error {
 }
 
 // kernelMaps writes the real maps.
-type kernelMaps struct{ o *svcbpf.SvcObjects }
+type kernelMaps struct{ o *svcbpf.SvcMaps }
 
 func (k kernelMaps) putService(key svcKey, v svcValue) error {
 	return k.o.SvcServices.Put(&key, &v)

@@ -109,7 +109,7 @@ func TestPlanNoEndpointsStillHasFrontend(t *testing.T) {
 		t.Fatalf("a port without endpoints must keep a frontend with count 0 (to refuse): %+v", fes)
 	}
 	e := newEntries()
-	if err := render(e, fes, nil, newIDs(100)); err != nil {
+	if err := render(e, fes, nil, newIDs(100), nil); err != nil {
 		t.Fatal(err)
 	}
 	head := e.Services[svcKey{Addr: addrToBE(netip.MustParseAddr("10.96.0.10")), Port: htons(80), Proto: protoTCP, Scope: ScopeInt}]
@@ -199,23 +199,6 @@ func (r *recorder) delRevNat(id uint16) error {
 	return nil
 }
 
-func copyEntries(e *Entries) *Entries {
-	c := newEntries()
-	for k, v := range e.Services {
-		c.Services[k] = v
-	}
-	for k, v := range e.Backends {
-		c.Backends[k] = v
-	}
-	for k, v := range e.RevNat {
-		c.RevNat[k] = v
-	}
-	for k, v := range e.Ranges {
-		c.Ranges[k] = v
-	}
-	return c
-}
-
 // TestApplyNeverHalfWritten drives random state changes through apply, checking the reader
 // invariant after every write, that the result equals what was wanted, and that applying the
 // same state again writes nothing.
@@ -225,31 +208,11 @@ func TestApplyNeverHalfWritten(t *testing.T) {
 	have := newEntries()
 	t2 := newIDs(1 << 16)
 	for round := 0; round < 200; round++ {
-		var svcs []*model.Service
-		for i := 0; i < 1+rng.Intn(4); i++ {
-			var eps []model.Endpoint
-			for j := 0; j < rng.Intn(6); j++ {
-				ip := fmt.Sprintf("10.244.%d.%d", 1+rng.Intn(2), 2+rng.Intn(8))
-				ready := rng.Intn(3) > 0
-				eps = append(eps, ep(ip, "node1", ready, ready || rng.Intn(2) == 0, !ready))
-			}
-			s := webService(eps...)
-			s.Key.Name = fmt.Sprintf("svc%d", rng.Intn(5))
-			s.ClusterIPs = []netip.Addr{netip.MustParseAddr(fmt.Sprintf("10.96.0.%d", 10+rng.Intn(5)))}
-			if rng.Intn(2) == 0 {
-				s.Type = model.LoadBalancer
-				s.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr(fmt.Sprintf("172.31.0.%d", 50+rng.Intn(3)))}
-				for j := 0; j < rng.Intn(3); j++ {
-					s.LoadBalancerSourceRanges = append(s.LoadBalancerSourceRanges, netip.MustParsePrefix(fmt.Sprintf("192.168.%d.0/%d", rng.Intn(3), 16+8*rng.Intn(2))))
-				}
-			}
-			svcs = append(svcs, s)
-		}
-		st := testState(svcs...)
+		st := randomState(rng)
 		want := newEntries()
 		for _, s := range st.Services {
 			fes, local := PlanService(st, s, nil)
-			if err := render(want, fes, local, t2); err != nil && !errors.Is(err, errDuplicateFrontend) {
+			if err := render(want, fes, local, t2, nil); err != nil && !errors.Is(err, errDuplicateFrontend) {
 				t.Fatal(err)
 			}
 		}
@@ -265,6 +228,26 @@ func TestApplyNeverHalfWritten(t *testing.T) {
 		if err != nil || res.objects != 0 {
 			t.Fatalf("round %d: re-apply wrote %d objects (err %v), want 0", round, res.objects, err)
 		}
+	}
+}
+
+func TestRenderDuplicateFrontend(t *testing.T) {
+	a := webService(ep("10.244.1.5", "node1", true, true, false))
+	b := webService(ep("10.244.1.6", "node1", true, true, false))
+	b.Key.Name = "other"
+	st := testState(a, b)
+	e, ids := newEntries(), newIDs(100)
+	for _, s := range st.Services {
+		fes, local := PlanService(st, s, nil)
+		err := render(e, fes, local, ids, nil)
+		if s.Key.Name == "web" && !errors.Is(err, errDuplicateFrontend) {
+			t.Fatalf("second service on the same VIP: err %v, want errDuplicateFrontend", err)
+		}
+	}
+	// The first service in order ("other") keeps the frontend.
+	slot1 := svcKey{Addr: addrToBE(vip.Addr()), Port: htons(80), Proto: protoTCP, Scope: ScopeInt, Slot: 1}
+	if be := e.Backends[e.Services[slot1].BackendId]; addrFromBE(be.Addr).String() != "10.244.1.6" {
+		t.Errorf("frontend went to %v", addrFromBE(be.Addr))
 	}
 }
 
@@ -308,4 +291,36 @@ func TestEncoding(t *testing.T) {
 	if byte(p) != 0x1f || byte(p>>8) != 0x90 {
 		t.Errorf("port bytes %x", p)
 	}
+}
+
+// randomState returns a small random state: services sharing VIPs, endpoints, LB IPs with
+// source ranges.
+func randomState(rng *rand.Rand) *model.State {
+	var svcs []*model.Service
+	seen := map[int]bool{}
+	for i := 0; i < 1+rng.Intn(4); i++ {
+		id := rng.Intn(5)
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		var eps []model.Endpoint
+		for j := 0; j < rng.Intn(6); j++ {
+			ip := fmt.Sprintf("10.244.%d.%d", 1+rng.Intn(2), 2+rng.Intn(8))
+			ready := rng.Intn(3) > 0
+			eps = append(eps, ep(ip, "node1", ready, ready || rng.Intn(2) == 0, !ready))
+		}
+		s := webService(eps...)
+		s.Key.Name = fmt.Sprintf("svc%d", id)
+		s.ClusterIPs = []netip.Addr{netip.MustParseAddr(fmt.Sprintf("10.96.0.%d", 10+id))}
+		if rng.Intn(2) == 0 {
+			s.Type = model.LoadBalancer
+			s.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr(fmt.Sprintf("172.31.0.%d", 50+id))}
+			for j := 0; j < rng.Intn(3); j++ {
+				s.LoadBalancerSourceRanges = append(s.LoadBalancerSourceRanges, netip.MustParsePrefix(fmt.Sprintf("192.168.%d.0/%d", rng.Intn(3), 16+8*rng.Intn(2))))
+			}
+		}
+		svcs = append(svcs, s)
+	}
+	return testState(svcs...)
 }

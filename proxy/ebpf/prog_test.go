@@ -1,6 +1,9 @@
 package ebpf
 
 import (
+	"context"
+	"fmt"
+	"math/rand"
 	"net/netip"
 	"testing"
 	"time"
@@ -27,7 +30,7 @@ func selectOnce(t *testing.T, b *Backend, vip netip.AddrPort, proto, scope uint8
 	t.Helper()
 	req := svcbpf.SvcLbReq{Addr: addrToBE(vip.Addr()), Port: htons(vip.Port()), Proto: proto, Scope: scope, Client: client}
 	var out svcbpf.SvcLbReq
-	if _, err := b.objs.SvcTestSelect.Run(&ebpf.RunOptions{Context: req, ContextOut: &out}); err != nil {
+	if _, err := b.testSelect.Run(&ebpf.RunOptions{Context: req, ContextOut: &out}); err != nil {
 		t.Fatalf("test run: %v", err)
 	}
 	return out
@@ -276,5 +279,41 @@ func TestTCSourceRangesAndMasquerade(t *testing.T) {
 	}
 	if len(e.Ranges) != 0 {
 		t.Errorf("%d source ranges left", len(e.Ranges))
+	}
+}
+
+// TestPartialSyncMatchesFull drives random state changes through partial syncs of the real
+// maps and checks after each that the maps hold exactly what was planned and that a full
+// sync (which reads the maps back) finds nothing to write.
+func TestPartialSyncMatchesFull(t *testing.T) {
+	b := newTestBackend(t, Options{})
+	rng := rand.New(rand.NewSource(7))
+	var prev *model.State
+	for round := 0; round < 60; round++ {
+		st := randomState(rng)
+		full := round%15 == 0
+		var changes model.Changes
+		if prev == nil {
+			changes = model.Diff(nil, st)
+		} else {
+			changes = model.Diff(prev, st)
+		}
+		if _, err := b.Sync(context.Background(), st, changes, full); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		got, err := b.readMaps()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(b.desired.want) || fmt.Sprint(got) != fmt.Sprint(b.written) {
+			t.Fatalf("round %d: kernel maps differ from the plan:\nkernel %v\nwant   %v", round, got, b.desired.want)
+		}
+		if round%10 == 9 {
+			res, err := b.Sync(context.Background(), st, model.Changes{}, true)
+			if err != nil || res.Objects != 0 {
+				t.Fatalf("round %d: full sync after partial ones wrote %d objects (err %v), want 0", round, res.Objects, err)
+			}
+		}
+		prev = st
 	}
 }

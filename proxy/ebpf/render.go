@@ -43,22 +43,40 @@ func newEntries() *Entries {
 	}
 }
 
+// copyEntries returns a copy of e.
+func copyEntries(e *Entries) *Entries {
+	c := newEntries()
+	for k, v := range e.Services {
+		c.Services[k] = v
+	}
+	for k, v := range e.Backends {
+		c.Backends[k] = v
+	}
+	for k, v := range e.RevNat {
+		c.RevNat[k] = v
+	}
+	for k, v := range e.Ranges {
+		c.Ranges[k] = v
+	}
+	return c
+}
+
 // ids hands out stable backend and rev-NAT ids. 0 is never used.
 type ids struct {
 	backends     map[BackendKey]uint32
-	backendsUsed map[uint32]bool
+	backendsUsed map[uint32]BackendKey
 	nextBackend  uint32
 	maxBackend   uint32
 	revs         map[revKey]uint16
-	revsUsed     map[uint16]bool
+	revsUsed     map[uint16]revKey
 	nextRev      uint16
 }
 
 func newIDs(maxBackends uint32) *ids {
 	return &ids{
-		backends: map[BackendKey]uint32{}, backendsUsed: map[uint32]bool{}, nextBackend: 1,
+		backends: map[BackendKey]uint32{}, backendsUsed: map[uint32]BackendKey{}, nextBackend: 1,
 		maxBackend: maxBackends,
-		revs:       map[revKey]uint16{}, revsUsed: map[uint16]bool{}, nextRev: 1,
+		revs:       map[revKey]uint16{}, revsUsed: map[uint16]revKey{}, nextRev: 1,
 	}
 }
 
@@ -72,8 +90,8 @@ func (t *ids) backend(k BackendKey) (uint32, error) {
 		if t.nextBackend == 0 || t.nextBackend > t.maxBackend {
 			t.nextBackend = 1
 		}
-		if !t.backendsUsed[id] {
-			t.backends[k], t.backendsUsed[id] = id, true
+		if _, used := t.backendsUsed[id]; !used {
+			t.backends[k], t.backendsUsed[id] = id, k
 			return id, nil
 		}
 	}
@@ -90,8 +108,8 @@ func (t *ids) rev(k revKey) (uint16, error) {
 		if t.nextRev == 0 {
 			t.nextRev = 1
 		}
-		if !t.revsUsed[id] {
-			t.revs[k], t.revsUsed[id] = id, true
+		if _, used := t.revsUsed[id]; !used {
+			t.revs[k], t.revsUsed[id] = id, k
 			return id, nil
 		}
 	}
@@ -114,21 +132,49 @@ func (t *ids) keep(e *Entries) {
 	}
 }
 
+// release forgets the ids in tc that e no longer uses.
+func (t *ids) release(tc *touched, e *Entries) {
+	for id := range tc.backends {
+		if _, ok := e.Backends[id]; ok {
+			continue
+		}
+		if k, ok := t.backendsUsed[id]; ok {
+			delete(t.backends, k)
+			delete(t.backendsUsed, id)
+		}
+	}
+	for id := range tc.revs {
+		if _, ok := e.RevNat[id]; ok {
+			continue
+		}
+		if k, ok := t.revsUsed[id]; ok {
+			delete(t.revs, k)
+			delete(t.revsUsed, id)
+		}
+	}
+}
+
 // adopt takes over the ids found in maps written by an earlier run (pinned maps).
 func (t *ids) adopt(e *Entries) {
 	for id, v := range e.Backends {
 		k := BackendKey{Addr: addrFromBE(v.Addr), Port: ntohs(v.Port), Proto: v.Proto}
-		if _, dup := t.backends[k]; dup || t.backendsUsed[id] {
+		if _, dup := t.backends[k]; dup {
 			continue
 		}
-		t.backends[k], t.backendsUsed[id] = id, true
+		if _, used := t.backendsUsed[id]; used {
+			continue
+		}
+		t.backends[k], t.backendsUsed[id] = id, k
 	}
 	for id, v := range e.RevNat {
 		k := revKey{Addr: addrFromBE(v.Addr), Port: ntohs(v.Port), Proto: v.Proto}
-		if _, dup := t.revs[k]; dup || t.revsUsed[id] {
+		if _, dup := t.revs[k]; dup {
 			continue
 		}
-		t.revs[k], t.revsUsed[id] = id, true
+		if _, used := t.revsUsed[id]; used {
+			continue
+		}
+		t.revs[k], t.revsUsed[id] = id, k
 	}
 }
 
@@ -136,13 +182,14 @@ func (t *ids) adopt(e *Entries) {
 var errDuplicateFrontend = errors.New("frontend already used by another service")
 
 // render turns frontends into map entries, adding them to e. local tells which backends run
-// on this node. A frontend already present in e (two services on one address and port) is
-// skipped: the first service keeps it, and the error wraps errDuplicateFrontend.
-func render(e *Entries, fes []Frontend, local map[BackendKey]bool, t *ids) error {
+// on this node. A frontend already present in e or for which taken reports true (two services
+// on one address and port) is skipped: the first service keeps it, and the error wraps
+// errDuplicateFrontend. taken may be nil.
+func render(e *Entries, fes []Frontend, local map[BackendKey]bool, t *ids, taken func(svcKey) bool) error {
 	var dups []error
 	for _, fe := range fes {
 		base := svcKey{Addr: addrToBE(fe.Key.Addr), Port: htons(fe.Key.Port), Proto: fe.Key.Proto, Scope: fe.Key.Scope}
-		if _, taken := e.Services[base]; taken {
+		if _, dup := e.Services[base]; dup || (taken != nil && taken(base)) {
 			dups = append(dups, fmt.Errorf("%s: %w", describe(base), errDuplicateFrontend))
 			continue
 		}

@@ -17,7 +17,7 @@ import (
 )
 
 // requireRoot skips without root, except under CI where missing root is a failure.
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() == 0 {
 		return
@@ -36,7 +36,7 @@ func randName(prefix string) string {
 
 // privateBPFFS mounts a bpffs instance of this test's own (never /sys/fs/bpf, which the whole
 // machine shares) and returns a pin path inside it. The mount goes away with the test.
-func privateBPFFS(t *testing.T) string {
+func privateBPFFS(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "bpffs")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
