@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -127,5 +129,47 @@ func TestCleanupLeavesNothing(t *testing.T) {
 	// A second Cleanup, and one by path with nothing there, are no-ops.
 	if err := b.Cleanup(context.Background()); err != nil {
 		t.Errorf("second Cleanup: %v", err)
+	}
+}
+
+// TestVerifyDetectsTampering removes a pinned link and a pinned map behind the backend's back.
+func TestVerifyDetectsTampering(t *testing.T) {
+	requireRoot(t)
+	cg := testCgroup(t)
+	// Loaded exactly as the daemon loads it (no test program).
+	b, err := New(Options{CgroupPath: cg, PinPath: privateBPFFS(t), NodeAddresses: []netip.Addr{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Cleanup(context.Background()) })
+	st := socketLBState("10.244.1.5")
+	if _, err := b.Sync(context.Background(), st, model.Diff(nil, st), true); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.Verify(context.Background()); !ok || err != nil {
+		t.Fatalf("fresh backend: Verify = %v, %v", ok, err)
+	}
+	if err := os.Remove(filepath.Join(b.opts.PinPath, linkConnect4)); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.Verify(context.Background()); ok || err != nil {
+		t.Fatalf("after unpinning a link: Verify = %v, %v; want false", ok, err)
+	}
+	b2, err := New(Options{CgroupPath: cg, PinPath: b.opts.PinPath, NodeAddresses: []netip.Addr{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = b.Close()
+	if ok, err := b2.Verify(context.Background()); !ok || err != nil {
+		t.Fatalf("recreated backend: Verify = %v, %v", ok, err)
+	}
+	if err := os.Remove(filepath.Join(b2.opts.PinPath, "svc_services")); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b2.Verify(context.Background()); ok || err != nil {
+		t.Fatalf("after unpinning a map: Verify = %v, %v; want false", ok, err)
+	}
+	if err := b2.Cleanup(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }
