@@ -156,7 +156,9 @@ func PlanService(st *model.State, s *model.Service, nodeAddrs []netip.Addr) ([]F
 		if p.NodePort != 0 {
 			for _, ip := range npAddrs {
 				add(ip, p.NodePort, ScopeInt, cluster, false)
-				add(ip, p.NodePort, ScopeExt, external, extLocal)
+				if !ip.IsLoopback() { // outside clients never reach a loopback address
+					add(ip, p.NodePort, ScopeExt, external, extLocal)
+				}
 			}
 		}
 	}
@@ -164,8 +166,9 @@ func PlanService(st *model.State, s *model.Service, nodeAddrs []netip.Addr) ([]F
 	return out, local
 }
 
-// nodePortAddrs filters the node's addresses by st.NodePortAddresses; loopback addresses
-// only accept NodePorts when a NodePortAddresses prefix names them explicitly.
+// nodePortAddrs filters the node's addresses by st.NodePortAddresses (empty: all of them,
+// loopback included, like kube-proxy's iptables mode accepting localhost NodePorts; on the
+// socket path this needs no route_localnet).
 func nodePortAddrs(st *model.State, addrs []netip.Addr) []netip.Addr {
 	var out []netip.Addr
 	for _, a := range addrs {
@@ -173,9 +176,7 @@ func nodePortAddrs(st *model.State, addrs []netip.Addr) []netip.Addr {
 			continue
 		}
 		if len(st.NodePortAddresses) == 0 {
-			if !a.IsLoopback() {
-				out = append(out, a)
-			}
+			out = append(out, a)
 			continue
 		}
 		for _, p := range st.NodePortAddresses {
