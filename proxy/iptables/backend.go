@@ -449,6 +449,10 @@ func (b *Backend) Verify(ctx context.Context) (bool, error) {
 			continue
 		}
 		if exitCode(err) == 1 {
+			// Flushed by someone: the next sync is a full one that reads the kernel again.
+			b.mu.Lock()
+			b.needFull, b.readKern = true, true
+			b.mu.Unlock()
 			return false, nil
 		}
 		return false, fmt.Errorf("iptables backend: checking canary in %s: %w", t, err)

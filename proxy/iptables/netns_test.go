@@ -317,8 +317,14 @@ func testBackend(t *testing.T, flavour string) {
 // chainPackets sums the packet counters of the rules of nat chain.
 func chainPackets(t *testing.T, r Runner, save, chain string) int {
 	t.Helper()
+	return tablePackets(t, r, save, "nat", chain)
+}
+
+// tablePackets sums the packet counters of the rules of chain in table.
+func tablePackets(t *testing.T, r Runner, save, table, chain string) int {
+	t.Helper()
 	n := 0
-	for _, l := range strings.Split(mustRun(t, r, save, "-c", "-t", "nat"), "\n") {
+	for _, l := range strings.Split(mustRun(t, r, save, "-c", "-t", table), "\n") {
 		if !strings.Contains(l, "-A "+chain+" ") || !strings.HasPrefix(l, "[") {
 			continue
 		}
