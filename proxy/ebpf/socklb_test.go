@@ -66,10 +66,11 @@ func newPodNet(t *testing.T) podNet {
 
 func socketLBState(udpBackend string) *model.State {
 	web := &model.Service{
-		Key:        model.ServiceKey{Namespace: "default", Name: "web"},
-		Type:       model.ClusterIP,
-		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
-		Ports: []model.ServicePort{{Name: "http", Protocol: model.TCP, Port: 80, Endpoints: []model.Endpoint{
+		Key:         model.ServiceKey{Namespace: "default", Name: "web"},
+		Type:        model.NodePort,
+		ClusterIPs:  []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+		ExternalIPs: []netip.Addr{netip.MustParseAddr("172.31.0.60")},
+		Ports: []model.ServicePort{{Name: "http", Protocol: model.TCP, Port: 80, NodePort: 30080, Endpoints: []model.Endpoint{
 			{IP: netip.MustParseAddr("10.244.1.5"), Port: 8080, NodeName: "node1", Ready: true, Serving: true},
 		}}},
 	}
@@ -110,6 +111,14 @@ func TestSocketLBRealKernel(t *testing.T) {
 	}
 	if r.Remote != "10.96.0.10:80" {
 		t.Errorf("getpeername shows %s, want the VIP 10.96.0.10:80", r.Remote)
+	}
+
+	// NodePort on a node address and an externalIP, from a client on the node.
+	for _, fe := range []string{"172.31.0.1:30080", "172.31.0.60:80"} {
+		r = runHelper(t, cg, n.client, "tcp "+fe)
+		if r.Err != "" || r.Data != "pod 10.244.1.5:8080" || r.Remote != fe {
+			t.Fatalf("TCP through %s: %+v", fe, r)
+		}
 	}
 
 	r = runHelper(t, cg, n.client, "udp 10.96.0.53:53")
