@@ -317,3 +317,29 @@ func TestPartialSyncMatchesFull(t *testing.T) {
 		prev = st
 	}
 }
+
+// TestTCTerminatingKeepsExistingFlows: a backend that starts terminating gets no new flows,
+// but flows already using it keep it (it stays in the qcount slots and the backend map).
+func TestTCTerminatingKeepsExistingFlows(t *testing.T) {
+	b := newTestBackend(t, Options{})
+	a, c := "10.244.1.5", "10.244.1.6"
+	st := testState(nodePortService(true, ep(a, "node1", true, true, false)))
+	mustSync(t, b, nil, st)
+	_, out := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, client, nodePort, []byte("1")))
+	if _, dst := tuple(t, out); dst.Addr().String() != a {
+		t.Fatalf("first packet went to %v", dst)
+	}
+	st2 := testState(nodePortService(true, ep(a, "node1", false, true, true), ep(c, "node1", true, true, false)))
+	mustSync(t, b, st, st2)
+	for i := 0; i < 20; i++ {
+		_, out = runTC(t, b.objs.SvcTcIngress, packet(protoTCP, client, nodePort, []byte("2")))
+		if _, dst := tuple(t, out); dst.Addr().String() != a {
+			t.Fatalf("existing flow moved to %v while its backend is terminating", dst)
+		}
+		other := netip.AddrPortFrom(netip.MustParseAddr("172.31.0.200"), uint16(20000+i))
+		_, out = runTC(t, b.objs.SvcTcIngress, packet(protoTCP, other, nodePort, []byte("3")))
+		if _, dst := tuple(t, out); dst.Addr().String() != c {
+			t.Fatalf("new flow went to terminating backend %v", dst)
+		}
+	}
+}
