@@ -1,0 +1,131 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+
+	"github.com/svcproxy/svcproxy/config"
+	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/proxy/ebpf"
+	"github.com/svcproxy/svcproxy/proxy/iptables"
+	"github.com/svcproxy/svcproxy/proxy/routes"
+)
+
+// NewBackend creates the backend the config's mode asks for. For mode auto it is ebpf when the
+// kernel supports it, else iptables; the reason is returned for logs and status. What the
+// backend not chosen left behind (a switch of mode) is cleaned up.
+func NewBackend(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxy.Backend, string, error) {
+	mode, why := cfg.Mode, "mode "+string(cfg.Mode)+" set in the config or on the command line"
+	if mode == config.ModeAuto {
+		if ok, reason := ebpf.Supported(); ok {
+			mode, why = config.ModeEBPF, "auto: the kernel supports the eBPF data path ("+reason+")"
+		} else {
+			mode, why = config.ModeIPTables, "auto: eBPF data path unavailable: "+reason
+		}
+	}
+	switch mode {
+	case config.ModeEBPF:
+		b, err := newEBPF(cfg, log)
+		if err != nil {
+			return nil, "", err
+		}
+		cleanupIPTables(ctx, cfg, log)
+		return b, why, nil
+	default:
+		b, err := iptables.New(ctx, iptables.Options{Backend: cfg.IPTablesBackend, Logger: log})
+		if err != nil {
+			return nil, "", fmt.Errorf("iptables backend: %w", err)
+		}
+		enableBridgeNetfilter(log)
+		if err := ebpf.CleanupPinned(ctx, cfg.EBPFPinPath); err != nil {
+			log.Warn("removing what the ebpf backend left", "err", err)
+		}
+		return b, why, nil
+	}
+}
+
+func newEBPF(cfg *config.Config, log *slog.Logger) (proxy.Backend, error) {
+	cgroup := cfg.EBPFCgroupPath
+	if cgroup == "" {
+		var err error
+		if cgroup, err = ebpf.EnsureCgroupV2(); err != nil {
+			return nil, fmt.Errorf("ebpf backend: cgroup v2: %w", err)
+		}
+	}
+	if err := ebpf.EnsureBPFFS(cfg.EBPFPinPath); err != nil {
+		return nil, fmt.Errorf("ebpf backend: %w", err)
+	}
+	ifaces := cfg.EBPFInterfaces
+	if len(ifaces) == 0 {
+		var addrs []netip.Addr
+		for _, n := range cfg.Nodes {
+			if n.Name == cfg.NodeName && n.Address.IsValid() {
+				addrs = append(addrs, n.Address)
+			}
+		}
+		found, err := ebpf.ExternalInterfaces(addrs...)
+		if err != nil {
+			log.Warn("no external interface found: NodePorts and external IPs are served to local clients only; set ebpf.interfaces", "err", err)
+		}
+		ifaces = found
+	}
+	b, err := ebpf.New(ebpf.Options{CgroupPath: cgroup, Interfaces: ifaces, PinPath: cfg.EBPFPinPath, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("ebpf backend", "cgroup", cgroup, "interfaces", ifaces, "pins", cfg.EBPFPinPath)
+	return b, nil
+}
+
+// enableBridgeNetfilter makes bridged traffic pass iptables in this network namespace, so a
+// pod's reply to another pod on the same bridge is un-NATed (as kube-proxy requires).
+func enableBridgeNetfilter(log *slog.Logger) {
+	const p = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+	if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+		log.Warn("cannot enable bridge-nf-call-iptables (load br_netfilter): same-node pod-to-service replies may bypass NAT", "err", err)
+	}
+}
+
+func cleanupIPTables(ctx context.Context, cfg *config.Config, log *slog.Logger) []error {
+	var errs []error
+	for _, flavour := range []string{"nft", "legacy"} {
+		b, err := iptables.New(ctx, iptables.Options{Backend: flavour, Logger: log})
+		if err != nil {
+			continue // that flavour is not installed: nothing of ours can be there
+		}
+		if err := b.Cleanup(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("iptables (%s): %w", flavour, err))
+		}
+	}
+	return errs
+}
+
+// Cleanup removes everything every backend made (rules of both iptables flavours, pinned BPF
+// programs, links and maps, host-gw routes). IPAM state is kept.
+func Cleanup(ctx context.Context, opts Options) error {
+	cfg, err := LoadSettings(opts)
+	if err != nil {
+		return err
+	}
+	errs := cleanupIPTables(ctx, cfg, opts.Logger)
+	if err := ebpf.CleanupPinned(ctx, cfg.EBPFPinPath); err != nil {
+		errs = append(errs, err)
+	}
+	if m, err := routes.New(); err != nil {
+		errs = append(errs, err)
+	} else {
+		if err := m.Cleanup(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		m.Close()
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("cleanup: %w", errors.Join(errs...))
+	}
+	opts.Logger.Info("cleanup done: rules, BPF programs and maps, and routes removed; IPAM state kept", "stateDir", cfg.StateDir)
+	return nil
+}
