@@ -53,7 +53,7 @@ const (
 
 type common struct {
 	config, nodeName, mode, stateDir, apiSocket string
-	verbosity                                    int
+	verbosity                                   int
 }
 
 func (c *common) register(fs *flag.FlagSet) {
