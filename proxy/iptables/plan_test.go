@@ -287,3 +287,26 @@ func TestLargeStateDropsEndpointComments(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestOptionalChainDeletedWhenUnneeded(t *testing.T) {
+	pl := NewPlanner(Config{})
+	st := fixtureState()
+	st.ClusterCIDRs = append(st.ClusterCIDRs, netip.MustParsePrefix("10.250.0.0/16"))
+	rs := tracer.New()
+	p := pl.Plan(nil, st, model.Changes{}, true)
+	apply(t, rs, p)
+	if rs.Chain("nat", ChainMasqNonPod) == nil {
+		t.Fatal("two cluster CIDRs: no " + ChainMasqNonPod)
+	}
+	next := fixtureState()
+	apply(t, rs, pl.Plan(p.Written, next, model.Diff(st, next), false))
+	if rs.Chain("nat", ChainMasqNonPod) != nil {
+		t.Fatal(ChainMasqNonPod + " left behind")
+	}
+	if err := rs.Restore(JumpRulesRestore()); err != nil {
+		t.Fatal(err)
+	}
+	if rs.Dump() != fresh(t, next) {
+		t.Fatal("ruleset differs from a fresh full sync")
+	}
+}

@@ -622,6 +622,10 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 			}
 		}
 	}
+	if !st.MasqueradeAll && len(clusterCIDRs) > 1 {
+		// Optional fixed chain: remembered so a later full plan deletes it when unneeded.
+		next.orphans["nat"] = append(next.orphans["nat"], ChainMasqNonPod)
+	}
 	sort.Strings(del)
 	for i, ch := range del {
 		if i > 0 && del[i-1] == ch {
