@@ -21,9 +21,10 @@ import (
 // the program types cgroup sock_addr and sched_cls; LRU hash maps; the
 // helpers get_socket_cookie, get_netns_cookie and set_retval in cgroup sock_addr programs; the
 // bpf_sock_destroy kfunc (6.5+); and finally that the verifier accepts every program of the
-// collection (loaded once, unpinned, and released).
+// collection (loaded once, unpinned, and released). When ok, reason says what was found.
 func Supported() (ok bool, reason string) {
-	if v, err := kernelVersion(); err != nil {
+	v, err := kernelVersion()
+	if err != nil {
 		return false, fmt.Sprintf("cannot read kernel version: %v", err)
 	} else if v[0] < 6 || (v[0] == 6 && v[1] < 6) {
 		return false, fmt.Sprintf("kernel %d.%d is older than 6.6 (TCX links, bpf_sock_destroy)", v[0], v[1])
@@ -74,7 +75,7 @@ func Supported() (ok bool, reason string) {
 		return false, fmt.Sprintf("loading the programs failed: %v", err)
 	}
 	coll.Close()
-	return true, ""
+	return true, fmt.Sprintf("kernel %d.%d: cgroup v2 socket hooks, TCX, BTF, bpf_sock_destroy; all programs verified", v[0], v[1])
 }
 
 func kernelVersion() ([2]int, error) {

@@ -108,18 +108,23 @@ func defaultRouteInterfaces() ([]string, error) {
 	return out, nil
 }
 
-// EnsureBPFFS makes sure dir is on a bpffs, mounting one there when it is not (the daemon
-// calls it with /sys/fs/bpf). Tests must mount their own instance in a private directory
-// instead: /sys/fs/bpf is shared by the whole machine.
-func EnsureBPFFS(dir string) error {
-	if ok, err := isFS(dir, unix.BPF_FS_MAGIC); err == nil && ok {
+// EnsureBPFFS makes sure path (a pin directory such as /sys/fs/bpf/svcproxy, or a mount point)
+// lies on a bpffs. When it does not, a bpffs is mounted at /sys/fs/bpf for paths under it, else
+// at path itself. Tests must mount their own instance in a private directory instead:
+// /sys/fs/bpf is shared by the whole machine.
+func EnsureBPFFS(path string) error {
+	if ok, err := isFS(path, unix.BPF_FS_MAGIC); err == nil && ok {
 		return nil
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
+	mnt := filepath.Clean(path)
+	if mnt == "/sys/fs/bpf" || strings.HasPrefix(mnt, "/sys/fs/bpf/") {
+		mnt = "/sys/fs/bpf"
 	}
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("mount bpffs at %s: %w", dir, err)
+	if err := os.MkdirAll(mnt, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", mnt, err)
+	}
+	if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w", mnt, err)
 	}
 	return nil
 }

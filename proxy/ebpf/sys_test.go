@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -77,8 +78,41 @@ func TestSupported(t *testing.T) {
 	if modern && !ok {
 		t.Fatalf("kernel %d.%d with BTF reported unsupported: %s", v[0], v[1], reason)
 	}
-	if !ok && reason == "" {
-		t.Fatal("unsupported without a reason")
+	if reason == "" {
+		t.Fatal("no reason given")
 	}
 	t.Logf("Supported() = %v %q on %d.%d", ok, reason, v[0], v[1])
+}
+
+// TestEnsureBPFFS mounts on a private directory (never /sys/fs/bpf) and then finds it mounted,
+// also through a pin path below it that does not exist yet.
+func TestEnsureBPFFS(t *testing.T) {
+	requireRoot(t)
+	dir := filepath.Join(t.TempDir(), "bpf")
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	if err := EnsureBPFFS(dir); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := isMountedFS(dir, unix.BPF_FS_MAGIC); !ok || err != nil {
+		t.Fatalf("%s is not a bpffs after EnsureBPFFS (%v)", dir, err)
+	}
+	if err := EnsureBPFFS(filepath.Join(dir, "svcproxy")); err != nil {
+		t.Fatal(err)
+	}
+	var mounts []byte
+	mounts, _ = os.ReadFile("/proc/self/mountinfo")
+	if n := countMounts(string(mounts), dir); n != 1 {
+		t.Errorf("%s mounted %d times, want once", dir, n)
+	}
+}
+
+func countMounts(mountinfo, dir string) int {
+	n := 0
+	for _, line := range strings.Split(mountinfo, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && f[4] == dir {
+			n++
+		}
+	}
+	return n
 }
