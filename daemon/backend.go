@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
+	"strings"
 
 	"github.com/svcproxy/svcproxy/config"
 	"github.com/svcproxy/svcproxy/proxy"
@@ -93,6 +95,12 @@ func enableBridgeNetfilter(log *slog.Logger) {
 func cleanupIPTables(ctx context.Context, cfg *config.Config, log *slog.Logger) []error {
 	var errs []error
 	for _, flavour := range []string{"nft", "legacy"} {
+		// Only a flavour that holds our chains is touched: driving the other one would create
+		// its (empty) tables.
+		out, err := exec.CommandContext(ctx, "iptables-"+flavour+"-save").Output()
+		if err != nil || !strings.Contains(string(out), ":SVCPROXY-") {
+			continue
+		}
 		b, err := iptables.New(ctx, iptables.Options{Backend: flavour, Logger: log})
 		if err != nil {
 			continue // that flavour is not installed: nothing of ours can be there
