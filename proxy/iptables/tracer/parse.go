@@ -114,7 +114,8 @@ func (t *Table) clone() *Table {
 }
 
 // Restore applies iptables-restore --noflush input: "*table" starts a table, ":CHAIN" creates
-// or flushes a user chain (sets the policy of a built-in one), "-A"/"-I" add a rule, "-X"
+// or flushes a user chain (sets the policy of a built-in one), "-A" appends a rule, "-I CHAIN
+// [N]" inserts one (at N, default 1), "-D" deletes the first rule equal to the given one, "-X"
 // deletes an empty, unreferenced chain, "COMMIT" commits. A table whose block has an error is
 // left unchanged, as the kernel does; the error names the line.
 func (rs *Ruleset) Restore(text string) error {
@@ -184,6 +185,23 @@ func (rs *Ruleset) Restore(text string) error {
 				return fail("no chain %s", args[1])
 			}
 			switch args[0] {
+			case "-D":
+				spec := args[2:]
+				if _, err := parseRule(spec); err != nil {
+					return fail("%v", err)
+				}
+				text := strings.Join(quoteAll(spec), " ")
+				found := false
+				for i, r := range c.Rules {
+					if r.Text == text {
+						c.Rules = append(c.Rules[:i:i], c.Rules[i+1:]...)
+						found = true
+						break
+					}
+				}
+				if !found {
+					return fail("no such rule in %s", c.Name)
+				}
 			case "-X":
 				if c.Builtin || len(c.Rules) > 0 || len(args) != 2 {
 					return fail("cannot delete chain %s (built-in or not empty)", c.Name)
@@ -193,16 +211,25 @@ func (rs *Ruleset) Restore(text string) error {
 				}
 				delete(cur.Chains, c.Name)
 			case "-A", "-I":
-				r, err := parseRule(args[2:])
+				spec := args[2:]
+				pos := len(c.Rules) + 1
+				if args[0] == "-I" {
+					pos = 1
+					if len(spec) > 0 {
+						if n, err := strconv.Atoi(spec[0]); err == nil {
+							if n < 1 || n > len(c.Rules)+1 {
+								return fail("bad rule number %d", n)
+							}
+							pos, spec = n, spec[1:]
+						}
+					}
+				}
+				r, err := parseRule(spec)
 				if err != nil {
 					return fail("%v", err)
 				}
-				r.Text = strings.Join(quoteAll(args[2:]), " ")
-				if args[0] == "-A" {
-					c.Rules = append(c.Rules, r)
-				} else {
-					c.Rules = append([]*Rule{r}, c.Rules...)
-				}
+				r.Text = strings.Join(quoteAll(spec), " ")
+				c.Rules = append(c.Rules[:pos-1], append([]*Rule{r}, c.Rules[pos-1:]...)...)
 			default:
 				return fail("unknown command %s", args[0])
 			}
@@ -596,14 +623,22 @@ func parseRule(a []string) (*Rule, error) {
 // Dump renders the ruleset canonically (tables and chains sorted, rules in order), for
 // comparing two rulesets.
 func (rs *Ruleset) Dump() string {
-	var b strings.Builder
 	tables := make([]string, 0, len(rs.Tables))
 	for t := range rs.Tables {
 		tables = append(tables, t)
 	}
 	sort.Strings(tables)
+	return rs.DumpTables(tables...)
+}
+
+// DumpTables is Dump limited to the named tables, in the given order.
+func (rs *Ruleset) DumpTables(tables ...string) string {
+	var b strings.Builder
 	for _, t := range tables {
 		tbl := rs.Tables[t]
+		if tbl == nil {
+			continue
+		}
 		b.WriteString("*" + t + "\n")
 		names := make([]string, 0, len(tbl.Chains))
 		for n := range tbl.Chains {

@@ -55,6 +55,17 @@ func TestRestoreSemantics(t *testing.T) {
 	if rs.Chain("nat", "B") != nil || rs.Chain("nat", "A") == nil || len(rs.Chain("nat", "PREROUTING").Rules) != 1 {
 		t.Fatalf("unexpected state:\n%s", rs.Dump())
 	}
+	// -I with a position, -D by specification.
+	if err := rs.Restore("*nat\n-I PREROUTING 2 -s 10.0.0.2/32 -j RETURN\n-I PREROUTING 1 -s 10.0.0.1/32 -j RETURN\n-D PREROUTING -j A\nCOMMIT\n"); err != nil {
+		t.Fatal(err)
+	}
+	pre := rs.Chain("nat", "PREROUTING").Rules
+	if len(pre) != 2 || pre[0].Text != "-s 10.0.0.1/32 -j RETURN" || pre[1].Text != "-s 10.0.0.2/32 -j RETURN" {
+		t.Fatalf("after -I/-D:\n%s", rs.Dump())
+	}
+	if err := rs.Restore("*nat\n-D PREROUTING -j A\nCOMMIT\n"); err == nil {
+		t.Fatal("-D of a missing rule accepted")
+	}
 }
 
 func TestTraceBranches(t *testing.T) {
