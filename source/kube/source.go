@@ -660,12 +660,15 @@ func (s *Source) ping(ctx context.Context) error {
 
 func (s *Source) touch() { s.lastContact.Store(s.opts.Now().UnixNano()) }
 
-func (s *Source) watchError(_ context.Context, r *cache.Reflector, err error) {
+func (s *Source) watchError(ctx context.Context, r *cache.Reflector, err error) {
+	if ctx.Err() != nil {
+		return // shutting down
+	}
 	s.errMu.Lock()
 	s.lastErr = fmt.Errorf("watching %s: %w", r.TypeDescription(), err)
 	s.errMu.Unlock()
 	s.log.Warn("watch failed; retrying", "resource", r.TypeDescription(), "err", err)
-	cache.DefaultWatchErrorHandler(context.Background(), r, err)
+	cache.DefaultWatchErrorHandler(ctx, r, err)
 }
 
 // trim drops what svcproxy never reads from the cached objects (managed fields, node images,

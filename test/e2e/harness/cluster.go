@@ -150,6 +150,14 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 		"--initial-cluster", "e2e=http://127.0.0.1:2380",
 		"--log-level", "warn",
 	))
+	// One cleanup for whichever kube-apiserver runs last (tests restart it), registered after
+	// etcd's so that it runs before etcd's. Cleanups the test registers later (clients,
+	// sources) run before it: kube-apiserver then stops without open watches to drain.
+	t.Cleanup(func() {
+		if p := c.APIServer(); p != nil {
+			p.cleanup(t)
+		}
+	})
 	start := time.Now()
 	c.StartAPIServer()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -201,7 +209,7 @@ func (c *Cluster) StartAPIServer() *Process {
 	}
 	c.apiRuns++
 	cmd := exec.Command(filepath.Join(c.binDir, "kube-apiserver"), c.APIServerArgs()...)
-	c.apiserver = c.ControlPlane.Start(c.t, c.Dir, fmt.Sprintf("kube-apiserver-%d", c.apiRuns), cmd)
+	c.apiserver = c.ControlPlane.start(c.t, c.Dir, fmt.Sprintf("kube-apiserver-%d", c.apiRuns), cmd)
 	return c.apiserver
 }
 
@@ -215,6 +223,20 @@ func (c *Cluster) StopAPIServer() {
 		return
 	}
 	if err := p.Stop(); err != nil {
+		c.t.Fatalf("harness: %v", err)
+	}
+}
+
+// KillAPIServer kills kube-apiserver by PID with SIGKILL (a crash: open connections are cut,
+// nothing is drained); etcd keeps running.
+func (c *Cluster) KillAPIServer() {
+	c.mu.Lock()
+	p := c.apiserver
+	c.mu.Unlock()
+	if p == nil {
+		return
+	}
+	if err := p.Kill(); err != nil {
 		c.t.Fatalf("harness: %v", err)
 	}
 }

@@ -32,6 +32,14 @@ const StopGrace = 10 * time.Second
 // Exited.
 func (n *NetNS) Start(t testing.TB, dir, name string, cmd *exec.Cmd) *Process {
 	t.Helper()
+	p := n.start(t, dir, name, cmd)
+	t.Cleanup(func() { p.cleanup(t) })
+	return p
+}
+
+// start starts the process without registering its cleanup.
+func (n *NetNS) start(t testing.TB, dir, name string, cmd *exec.Cmd) *Process {
+	t.Helper()
 	logPath := filepath.Join(dir, name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -53,15 +61,21 @@ func (n *NetNS) Start(t testing.TB, dir, name string, cmd *exec.Cmd) *Process {
 		f.Close()
 		close(p.done)
 	}()
-	t.Cleanup(func() {
-		if err := p.Stop(); err != nil {
-			t.Logf("harness: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("harness: last lines of %s:\n%s", logPath, Tail(logPath, 40))
-		}
-	})
 	return p
+}
+
+// cleanup stops the process at the end of a test, and shows its log tail if the test failed.
+func (p *Process) cleanup(t testing.TB) {
+	start := time.Now()
+	if err := p.Stop(); err != nil {
+		t.Logf("harness: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Logf("harness: stopping %s took %s", p.Name, d.Round(time.Millisecond))
+	}
+	if t.Failed() {
+		t.Logf("harness: last lines of %s:\n%s", p.LogPath, Tail(p.LogPath, 40))
+	}
 }
 
 // PID returns the process id.
@@ -105,6 +119,26 @@ func (p *Process) Stop() error {
 		<-p.done
 	})
 	return err
+}
+
+// Kill sends SIGKILL to the process (by PID) and waits for it to end: a crash, not a
+// shutdown. Killing a process that has ended is a no-op.
+func (p *Process) Kill() error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		select {
+		case <-p.done:
+			return nil
+		default:
+		}
+		return fmt.Errorf("killing %s (pid %d): %w", p.Name, p.PID(), err)
+	}
+	<-p.done
+	return nil
 }
 
 // Tail returns the last n lines of the file at path (or the error reading it).
