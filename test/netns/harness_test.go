@@ -110,6 +110,7 @@ func TestHarnessFailureKinds(t *testing.T) {
 		[]string{"ip", "netns", "exec", a.Name, "iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "9999", "-j", "DROP"},
 		[]string{"ip", "netns", "exec", a.Name, "iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "DROP"},
 		[]string{"ip", "-n", client.Name, "route", "add", "unreachable", "10.96.200.0/24"},
+		[]string{"ip", "netns", "exec", client.Name, "iptables", "-w", "-A", "OUTPUT", "-p", "udp", "--dport", "9998", "-j", "REJECT"},
 	); err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +123,7 @@ func TestHarnessFailureKinds(t *testing.T) {
 		{"udp closed port is refused", ProbeSpec{Proto: UDP, Addr: netip.AddrPortFrom(a.IP, 8081), Count: 3}, func(r ProbeResult) bool { return r.Refused == 3 }},
 		{"tcp dropped port times out", ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(a.IP, 9999), Count: 2, Timeout: 500 * time.Millisecond}, func(r ProbeResult) bool { return r.Timeout == 2 }},
 		{"udp dropped port times out", ProbeSpec{Proto: UDP, Addr: netip.AddrPortFrom(a.IP, 9999), Count: 2, Timeout: 500 * time.Millisecond}, func(r ProbeResult) bool { return r.Timeout == 2 }},
+		{"udp rejected in the sender's OUTPUT", ProbeSpec{Proto: UDP, Addr: netip.AddrPortFrom(a.IP, 9998), Count: 2}, func(r ProbeResult) bool { return r.Rejected == 2 }},
 		{"unreachable route", ProbeSpec{Proto: TCP, Addr: netip.MustParseAddrPort("10.96.200.1:80"), Count: 2}, func(r ProbeResult) bool { return r.Unreachable == 2 }},
 		{"open port answers", ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(a.IP, 8080), Count: 3}, func(r ProbeResult) bool { return r.Replies["pod-a"] == 3 && r.Failed() == 0 }},
 	}

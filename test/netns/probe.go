@@ -78,6 +78,9 @@ type ProbeResult struct {
 	Peers map[string]int `json:"peers"`
 	// Refused counts connections refused at once (TCP RST or ICMP port unreachable).
 	Refused int `json:"refused"`
+	// Rejected counts sends the local firewall refused at once (EPERM), as a REJECT or DROP
+	// in the sender's own OUTPUT chain does: immediate, but not proof of a REJECT.
+	Rejected int `json:"rejected"`
 	// Unreachable counts ICMP host or network unreachable.
 	Unreachable int `json:"unreachable"`
 	// Timeout counts connections that got no answer within the timeout.
@@ -85,7 +88,7 @@ type ProbeResult struct {
 	// Errors counts any other failure by its message.
 	Errors map[string]int `json:"errors"`
 	// Sequence is each connection's outcome in order: a pod name or "!refused",
-	// "!unreachable", "!timeout", "!error".
+	// "!rejected", "!unreachable", "!timeout", "!error".
 	Sequence []string `json:"sequence"`
 }
 
@@ -100,7 +103,7 @@ func (r ProbeResult) OK() int {
 
 // Failed is the number of connections without an answer.
 func (r ProbeResult) Failed() int {
-	n := r.Refused + r.Unreachable + r.Timeout
+	n := r.Refused + r.Rejected + r.Unreachable + r.Timeout
 	for _, c := range r.Errors {
 		n += c
 	}
@@ -121,7 +124,7 @@ func (r ProbeResult) String() string {
 	for _, n := range names {
 		fmt.Fprintf(&b, "%s=%d ", n, r.Replies[n])
 	}
-	fmt.Fprintf(&b, "refused=%d unreachable=%d timeout=%d", r.Refused, r.Unreachable, r.Timeout)
+	fmt.Fprintf(&b, "refused=%d rejected=%d unreachable=%d timeout=%d", r.Refused, r.Rejected, r.Unreachable, r.Timeout)
 	for m, c := range r.Errors {
 		fmt.Fprintf(&b, " error[%s]=%d", m, c)
 	}

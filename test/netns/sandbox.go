@@ -262,6 +262,12 @@ func (s *Sandbox) addExternal(ctx context.Context) error {
 		[]string{"ip", "-n", ns.Name, "addr", "add", netip.PrefixFrom(ExternalClientIP, UnderlayPrefix.Bits()).String(), "dev", "eth0"},
 		[]string{"ip", "-n", ns.Name, "link", "set", "eth0", "up"},
 		[]string{"ip", "-n", ns.Name, "route", "add", ServicePrefix.String(), "via", NodeUnderlayIP.String()},
+		// A real node has a default route to its upstream router; here the external client
+		// plays that router (it does not forward, so nothing leaves the sandbox). Like
+		// kube-proxy, an iptables data path needs a route covering the service range for
+		// connections the node itself opens: without one, connect() fails with ENETUNREACH
+		// before the nat OUTPUT chain can DNAT.
+		[]string{"ip", "-n", node, "route", "add", "default", "via", ExternalClientIP.String()},
 	); err != nil {
 		return fmt.Errorf("netns: external client: %w", err)
 	}

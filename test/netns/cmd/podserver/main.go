@@ -11,8 +11,9 @@
 // probe opens COUNT fresh connections (a new socket, hence a new source port, for each) to
 // ADDR from wherever it runs (the harness starts it with `ip netns exec`), and prints one JSON
 // object: replies per server name, peers as seen by the servers, and failures sorted into
-// refused (RST or ICMP port unreachable), unreachable (ICMP host/net unreachable), timeout and
-// other errors. It exits 0 whenever it could run the probes, whatever they returned.
+// refused (RST or ICMP port unreachable), rejected (EPERM: the local firewall refused to send,
+// as a REJECT or DROP rule in OUTPUT does to the sender), unreachable (ICMP host/net
+// unreachable), timeout and other errors. It exits 0 whenever it could run the probes, whatever they returned.
 package main
 
 import (
@@ -155,6 +156,7 @@ type Result struct {
 	Replies     map[string]int    `json:"replies"`
 	Peers       map[string]int    `json:"peers"`
 	Refused     int               `json:"refused"`
+	Rejected    int               `json:"rejected"`
 	Unreachable int               `json:"unreachable"`
 	Timeout     int               `json:"timeout"`
 	Errors      map[string]int    `json:"errors"`
@@ -219,6 +221,10 @@ func record(res *Result, line string, err error) string {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		res.Refused++
 		return "!refused"
+	case errors.Is(err, syscall.EPERM):
+		// A packet the local firewall rejects or drops in OUTPUT fails its send at once.
+		res.Rejected++
+		return "!rejected"
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		res.Unreachable++
 		return "!unreachable"
