@@ -26,7 +26,15 @@ type ProxyConfig struct {
 	HealthzBindAddress string    `yaml:"healthzBindAddress,omitempty"`
 	StateDir           string    `yaml:"stateDir,omitempty"`
 	APISocket          string    `yaml:"apiSocket,omitempty"`
+	EBPF               *EBPF     `yaml:"ebpf,omitempty"`
 	Services           []Service `yaml:"services"`
+}
+
+// EBPF holds the eBPF backend's settings.
+type EBPF struct {
+	CgroupPath string   `yaml:"cgroupPath,omitempty"`
+	PinPath    string   `yaml:"pinPath,omitempty"`
+	Interfaces []string `yaml:"interfaces,omitempty"`
 }
 
 // Service is one service of a ProxyConfig.

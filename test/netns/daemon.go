@@ -25,7 +25,7 @@ type DaemonOptions struct {
 	Mode string
 	// NodeName is passed as --node-name; "node1" when empty.
 	NodeName string
-	// Launcher picks how the daemon enters the node namespace (ip netns exec by default).
+	// Launcher picks how the daemon enters the node namespace (see LaunchDefault).
 	Launcher Launcher
 	// Args are extra arguments for `svcproxy run`.
 	Args []string
@@ -50,25 +50,50 @@ func (s *Sandbox) NewDaemon(opts DaemonOptions) *Daemon {
 	if opts.NodeName == "" {
 		opts.NodeName = "node1"
 	}
+	if opts.Launcher == LaunchDefault {
+		opts.Launcher = Nsenter
+		if opts.Mode == "iptables" {
+			opts.Launcher = IPNetnsExec
+		}
+	}
 	dir := filepath.Join(s.Dir, "svcproxy")
 	return &Daemon{
 		Opts:       opts,
 		ConfigPath: filepath.Join(dir, "config.yaml"),
 		StateDir:   filepath.Join(dir, "state"),
-		APISocket:  filepath.Join(dir, "run", "svcproxy.sock"),
+		APISocket:  filepath.Join(s.RunDir, "svcproxy.sock"),
 		s:          s,
 	}
+}
+
+func (s *Sandbox) ebpfSettings() *EBPF {
+	e := &EBPF{CgroupPath: s.Cgroup}
+	if s.BPFFS != "" {
+		e.PinPath = filepath.Join(s.BPFFS, "svcproxy")
+	}
+	if s.External != nil {
+		e.Interfaces = []string{"eth0"}
+	}
+	if e.CgroupPath == "" && e.PinPath == "" && e.Interfaces == nil {
+		return nil
+	}
+	return e
 }
 
 // Config returns the last config written (nil before WriteConfig).
 func (d *Daemon) Config() *ProxyConfig { return d.cfg }
 
 // WriteConfig writes cfg to the config file (atomically, by rename), filling in the state
-// directory and API socket.
+// directory and API socket, and, unless cfg sets them, the eBPF backend's settings that keep
+// it inside the sandbox: the sandbox's cgroup, a pin path on the sandbox's bpffs, and the
+// node's underlay interface.
 func (d *Daemon) WriteConfig(cfg *ProxyConfig) error {
 	c := *cfg
 	c.StateDir = d.StateDir
 	c.APISocket = d.APISocket
+	if c.EBPF == nil {
+		c.EBPF = d.s.ebpfSettings()
+	}
 	data, err := c.Marshal()
 	if err != nil {
 		return fmt.Errorf("netns: render config: %w", err)

@@ -125,6 +125,7 @@ func TestHarnessFailureKinds(t *testing.T) {
 		{"udp dropped port times out", ProbeSpec{Proto: UDP, Addr: netip.AddrPortFrom(a.IP, 9999), Count: 2, Timeout: 500 * time.Millisecond}, func(r ProbeResult) bool { return r.Timeout == 2 }},
 		{"udp rejected in the sender's OUTPUT", ProbeSpec{Proto: UDP, Addr: netip.AddrPortFrom(a.IP, 9998), Count: 2}, func(r ProbeResult) bool { return r.Rejected == 2 }},
 		{"unreachable route", ProbeSpec{Proto: TCP, Addr: netip.MustParseAddrPort("10.96.200.1:80"), Count: 2}, func(r ProbeResult) bool { return r.Unreachable == 2 }},
+		{"probe gives up after MaxFailures", ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(a.IP, 9999), Count: 10, Parallel: 1, MaxFailures: 2, Timeout: 300 * time.Millisecond}, func(r ProbeResult) bool { return r.Timeout == 2 && r.Skipped == 8 }},
 		{"open port answers", ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(a.IP, 8080), Count: 3}, func(r ProbeResult) bool { return r.Replies["pod-a"] == 3 && r.Failed() == 0 }},
 	}
 	for _, c := range cases {
@@ -145,7 +146,7 @@ func TestHarnessFailureKinds(t *testing.T) {
 func TestHarnessCloseRemovesEverything(t *testing.T) {
 	RequireRoot(t)
 	ctx := context.Background()
-	s, err := New(ctx, Options{Pods: []PodSpec{{Name: "pod-a"}}, External: true, Cgroup: true, PodServer: bins.podServer, Dir: t.TempDir()})
+	s, err := New(ctx, Options{Pods: []PodSpec{{Name: "pod-a"}}, External: true, Cgroup: true, BPFFS: true, PodServer: bins.podServer, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,6 +167,10 @@ func TestHarnessCloseRemovesEverything(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(cg, "cgroup.procs")); err != nil || len(strings.TrimSpace(string(b))) == 0 {
 		t.Errorf("server is not in the sandbox cgroup: %q %v", b, err)
 	}
+	bpffs := s.BPFFS
+	if !isMounted(t, bpffs) {
+		t.Errorf("bpffs not mounted at %s", bpffs)
+	}
 	closed = true
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -182,4 +187,20 @@ func TestHarnessCloseRemovesEverything(t *testing.T) {
 	if _, err := os.Stat(cg); !os.IsNotExist(err) {
 		t.Errorf("cgroup %s left behind (%v)", cg, err)
 	}
+	if isMounted(t, bpffs) {
+		t.Errorf("bpffs still mounted at %s", bpffs)
+	}
+}
+
+func isMounted(t *testing.T, dir string) bool {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[1] == dir {
+			return true
+		}
+	}
+	return false
 }

@@ -68,6 +68,9 @@ type ProbeSpec struct {
 	Source netip.Addr
 	// Path is the HTTP path to GET (Proto HTTP only); "/" when empty.
 	Path string
+	// MaxFailures, when > 0, stops starting new connections once that many failed (the rest
+	// count as Skipped), so a broken path does not cost Count timeouts.
+	MaxFailures int
 }
 
 // ProbeResult counts the outcomes of a probe.
@@ -87,6 +90,8 @@ type ProbeResult struct {
 	Timeout int `json:"timeout"`
 	// Errors counts any other failure by its message.
 	Errors map[string]int `json:"errors"`
+	// Skipped counts connections not attempted because MaxFailures was reached.
+	Skipped int `json:"skipped"`
 	// Sequence is each connection's outcome in order: a pod name or "!refused",
 	// "!rejected", "!unreachable", "!timeout", "!error".
 	Sequence []string `json:"sequence"`
@@ -128,11 +133,14 @@ func (r ProbeResult) String() string {
 	for m, c := range r.Errors {
 		fmt.Fprintf(&b, " error[%s]=%d", m, c)
 	}
+	if r.Skipped > 0 {
+		fmt.Fprintf(&b, " skipped=%d (stopped after too many failures)", r.Skipped)
+	}
 	return b.String()
 }
 
 // Probe opens spec.Count fresh connections from inside ns (running podserver probe there, in
-// the sandbox's cgroup) and counts who answered.
+// the sandbox's cgroup unless ns is the external client) and counts who answered.
 func (s *Sandbox) Probe(ctx context.Context, ns *Namespace, spec ProbeSpec) (ProbeResult, error) {
 	var res ProbeResult
 	if s.PodServer == "" {
@@ -157,6 +165,9 @@ func (s *Sandbox) Probe(ctx context.Context, ns *Namespace, spec ProbeSpec) (Pro
 	if spec.Path != "" {
 		argv = append(argv, "--path", spec.Path)
 	}
+	if spec.MaxFailures > 0 {
+		argv = append(argv, "--max-failures", strconv.Itoa(spec.MaxFailures))
+	}
 	if spec.Source.IsValid() {
 		argv = append(argv, "--source", spec.Source.String())
 	}
@@ -168,7 +179,7 @@ func (s *Sandbox) Probe(ctx context.Context, ns *Namespace, spec ProbeSpec) (Pro
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if s.Cgroup != "" {
+	if s.inCgroup(ns) {
 		cg, err := os.Open(s.Cgroup)
 		if err != nil {
 			return res, fmt.Errorf("netns: Probe: open cgroup: %w", err)

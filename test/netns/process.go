@@ -18,10 +18,14 @@ import (
 type Launcher int
 
 const (
+	// LaunchDefault is IPNetnsExec for processes; for the svcproxy daemon it is IPNetnsExec in
+	// mode iptables and Nsenter otherwise (auto, ebpf), because the eBPF backend's pins and
+	// cgroup must live in the host's mount namespace to outlive the process.
+	LaunchDefault Launcher = iota
 	// IPNetnsExec runs `ip netns exec NS argv...`: the process also gets a private mount
 	// namespace with /sys remounted for the network namespace (so /sys/class/net is right, and
 	// mounts under /sys such as /sys/fs/bpf are not visible).
-	IPNetnsExec Launcher = iota
+	IPNetnsExec
 	// Nsenter runs `nsenter --net=PATH -- argv...`: only the network namespace changes, the
 	// mounts stay the host's (bpffs and cgroup2 stay visible).
 	Nsenter
@@ -52,7 +56,8 @@ type Process struct {
 	mu      sync.Mutex
 }
 
-// Start starts spec in its namespace (inside the sandbox's cgroup, if any). The process gets
+// Start starts spec in its namespace (inside the sandbox's cgroup, if any, unless it runs in
+// the external client). The process gets
 // SIGKILL if the test process dies. Its stdout and stderr go to a log file in s.Dir. With a
 // ReadyLine, Start returns only once that line was printed; it fails if the process exits
 // first or ctx ends.
@@ -62,7 +67,7 @@ func (s *Sandbox) Start(ctx context.Context, spec ProcSpec) (*Process, error) {
 	}
 	var argv []string
 	switch spec.Launcher {
-	case IPNetnsExec:
+	case LaunchDefault, IPNetnsExec:
 		argv = append([]string{"ip", "netns", "exec", spec.NS.Name}, spec.Argv...)
 	case Nsenter:
 		argv = append([]string{"nsenter", "--net=" + spec.NS.Path(), "--"}, spec.Argv...)
@@ -85,7 +90,7 @@ func (s *Sandbox) Start(ctx context.Context, spec ProcSpec) (*Process, error) {
 	cmd.Env = append(os.Environ(), spec.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	var cg *os.File
-	if s.Cgroup != "" {
+	if s.inCgroup(spec.NS) {
 		if cg, err = os.Open(s.Cgroup); err != nil {
 			pr.Close()
 			pw.Close()
@@ -230,6 +235,13 @@ func (p *Process) Log() string {
 		return fmt.Sprintf("(log %s unreadable: %v)", p.LogPath, err)
 	}
 	return string(b)
+}
+
+// inCgroup reports whether processes in ns run inside the sandbox's cgroup: every process of
+// the node and its pods does, the external client's never (it stands for another machine, so
+// the node's socket-level load balancing must not see its connections).
+func (s *Sandbox) inCgroup(ns *Namespace) bool {
+	return s.Cgroup != "" && (s.External == nil || ns.Name != s.External.Name)
 }
 
 // cgroup2Root finds where the cgroup v2 hierarchy is mounted.

@@ -3,7 +3,9 @@ package netns
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -11,7 +13,8 @@ import (
 
 // Snapshot is what a namespace's kernel holds that a proxy could change: iptables and nftables
 // rules, links, addresses, IPv4 routes and rules, tc qdiscs and filters (BPF programs attached
-// by tc), and the BPF programs attached to the sandbox's cgroup. Counters and comments that
+// by tc), the BPF programs attached to the sandbox's cgroup, and what is pinned in the
+// sandbox's bpffs (TCX links do not show in tc here; a leftover one stays pinned there). Counters and comments that
 // change by themselves are normalised away, so two snapshots of an untouched namespace are
 // equal.
 type Snapshot map[string]string
@@ -69,6 +72,16 @@ func (s *Sandbox) Snapshot(ctx context.Context, ns *Namespace) (Snapshot, error)
 				snap["tc filter "+dev+" "+dir] = t
 			}
 		}
+	}
+	if s.BPFFS != "" {
+		var pins []string
+		filepath.WalkDir(s.BPFFS, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && path != s.BPFFS {
+				pins = append(pins, strings.TrimPrefix(path, s.BPFFS))
+			}
+			return nil
+		})
+		snap["bpffs pins"] = strings.Join(pins, "\n")
 	}
 	if s.Cgroup != "" {
 		if _, err := exec.LookPath("bpftool"); err == nil {

@@ -76,6 +76,9 @@ type Options struct {
 	// Cgroup makes a cgroup v2 directory for the sandbox; servers and probes started through
 	// the sandbox run inside it (a BPF socket-LB backend attaches there).
 	Cgroup bool
+	// BPFFS mounts a bpffs instance of the sandbox's own (in the host mount namespace, under
+	// Dir) where an eBPF backend pins its maps and links; Close unmounts it.
+	BPFFS bool
 	// Dir holds logs, configs and state; a fresh temp dir when empty.
 	Dir string
 	// Logger receives progress messages; slog.Default() when nil.
@@ -98,6 +101,11 @@ type Sandbox struct {
 	Cgroup string
 	// PodServer is the podserver binary.
 	PodServer string
+	// BPFFS is the sandbox's bpffs mount, "" unless Options.BPFFS.
+	BPFFS string
+	// RunDir is a short directory for unix sockets (a socket path holds at most 107 bytes,
+	// too few for a test's TempDir), /tmp/<ID>.run, removed by Close.
+	RunDir string
 
 	log      *slog.Logger
 	ownDir   bool
@@ -152,10 +160,24 @@ func New(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 			s.Close()
 		}
 	}()
+	s.RunDir = filepath.Join(os.TempDir(), s.ID+".run")
+	if err := os.Mkdir(s.RunDir, 0o700); err != nil {
+		return nil, fmt.Errorf("netns: run dir: %w", err)
+	}
 	if opts.Cgroup {
 		if err := s.makeCgroup(); err != nil {
 			return nil, err
 		}
+	}
+	if opts.BPFFS {
+		dir := filepath.Join(s.Dir, "bpffs")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("netns: bpffs dir: %w", err)
+		}
+		if _, err := run(ctx, "mount", "-t", "bpf", "bpf", dir); err != nil {
+			return nil, fmt.Errorf("netns: mount bpffs: %w", err)
+		}
+		s.BPFFS = dir
 	}
 	if s.Node, err = s.addNamespace(ctx, "node"); err != nil {
 		return nil, err
@@ -329,8 +351,22 @@ func (s *Sandbox) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	if s.BPFFS != "" {
+		// Unmounting the sandbox's own bpffs instance drops every pin in it, which detaches
+		// whatever links a backend pinned there.
+		if _, err := run(ctx, "umount", s.BPFFS); err != nil {
+			if _, err2 := run(ctx, "umount", "-l", s.BPFFS); err2 != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	if s.Cgroup != "" {
 		if err := removeCgroup(s.Cgroup); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.RunDir != "" {
+		if err := os.RemoveAll(s.RunDir); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -363,7 +399,7 @@ func deleteNamespace(ctx context.Context, name string) error {
 	return nil
 }
 
-// SweepRun deletes every namespace and cgroup whose name starts with prefix (normally
+// SweepRun deletes every namespace, cgroup and run directory whose name starts with prefix (normally
 // RunPrefix(), so only this process's leftovers). It returns what it removed.
 func SweepRun(ctx context.Context, prefix string) ([]string, error) {
 	if !strings.HasPrefix(prefix, NamePrefix) || len(prefix) <= len(NamePrefix) {
@@ -382,6 +418,14 @@ func SweepRun(ctx context.Context, prefix string) ([]string, error) {
 			} else {
 				removed = append(removed, "netns "+e.Name())
 			}
+		}
+	}
+	runDirs, _ := filepath.Glob(filepath.Join(os.TempDir(), prefix+"*.run"))
+	for _, d := range runDirs {
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, err)
+		} else {
+			removed = append(removed, "dir "+d)
 		}
 	}
 	if root, err := cgroup2Root(); err == nil {

@@ -104,8 +104,13 @@ func (e *env) withWeb(pods ...*Pod) []Service {
 	return svcs
 }
 
+// probe runs spec from a namespace; unless spec says otherwise it gives up after 10 failed
+// connections, so a broken data path fails a scenario quickly instead of after Count timeouts.
 func (e *env) probe(from *Namespace, spec ProbeSpec) ProbeResult {
 	e.t.Helper()
+	if spec.MaxFailures == 0 {
+		spec.MaxFailures = 10
+	}
 	res, err := e.s.Probe(e.ctx, from, spec)
 	if err != nil {
 		e.t.Fatal(err)
@@ -119,6 +124,7 @@ func (e *env) requireSpread(what string, res ProbeResult, pods ...*Pod) {
 	e.t.Helper()
 	if res.Failed() != 0 {
 		e.t.Errorf("%s: %d of %d connections failed: %v", what, res.Failed(), res.Total(), res)
+		return
 	}
 	min := int(spreadMinShare * float64(res.Total()))
 	want := map[string]bool{}
@@ -182,10 +188,10 @@ var scenarios = []scenario{
 		// "self" has pod-a as its only endpoint: pod-a reaches itself through the VIP.
 		res := e.probe(&e.a.Namespace, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(selfVIP, webPort), Count: 30})
 		e.requireAll("pod-a -> self VIP -> pod-a", res, 30, e.a)
+		// A per-packet data path must masquerade hairpin traffic or the reply bypasses the
+		// un-DNAT and the connection fails; a socket-level one connects pod-a to its own
+		// address. Either way, success above is what counts.
 		e.t.Logf("hairpin peers seen by pod-a: %v", res.Peers)
-		if res.Peers[e.a.IP.String()] != 0 {
-			e.t.Errorf("hairpin traffic must be masqueraded (else the reply never returns through the VIP), pod-a saw itself as peer: %v", res.Peers)
-		}
 	}},
 	{name: "endpoint removed by reload", run: func(e *env) {
 		res := e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns})
@@ -347,10 +353,16 @@ var scenarios = []scenario{
 		// The NodePort answers on every local address, the bridge's too, for pods.
 		res = e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(Gateway, npPort), Count: 30})
 		e.requireAll("client pod -> gateway:30080", res, 30, e.a, e.b, e.c)
-		// And through its ClusterIP from outside (the external client routes the service range
-		// via the node).
-		res = e.probe(e.s.External, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(npVIP, webPort), Count: 30})
-		e.requireAll("external -> np ClusterIP", res, 30, e.a, e.b, e.c)
+	}},
+	{name: "ClusterIP from outside the node", run: func(e *env) {
+		// The external client routes the service range via the node (as routers in front of
+		// kube-proxy nodes often do); kube-proxy serves such traffic and masquerades it, since
+		// it comes from outside clusterCIDR.
+		res := e.probe(e.s.External, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns})
+		e.requireSpread("external -> web ClusterIP", res, e.a, e.b, e.c)
+		if n := res.Peers[ExternalClientIP.String()]; n != 0 {
+			e.t.Errorf("%d connections from outside clusterCIDR reached pods unmasqueraded: %v", n, res.Peers)
+		}
 	}},
 	{name: "sessionAffinity ClientIP pins a client", run: func(e *env) {
 		// Without affinity, 100 connections land on one pod with probability 3*(1/3)^100.
@@ -492,6 +504,7 @@ func (r *ProbeResult) add(o ProbeResult) {
 	r.Rejected += o.Rejected
 	r.Unreachable += o.Unreachable
 	r.Timeout += o.Timeout
+	r.Skipped += o.Skipped
 	r.Sequence = append(r.Sequence, o.Sequence...)
 }
 
@@ -541,6 +554,7 @@ func setupEnv(t *testing.T, mode string) *env {
 		Pods:     []PodSpec{{Name: "pod-a"}, {Name: "pod-b"}, {Name: "pod-c"}, {Name: "client"}},
 		External: true,
 		Cgroup:   true,
+		BPFFS:    true,
 	})
 	e := &env{t: t, ctx: context.Background(), mode: mode, s: s,
 		a: s.Pod("pod-a"), b: s.Pod("pod-b"), c: s.Pod("pod-c"), client: s.Pod("client")}

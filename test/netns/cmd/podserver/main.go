@@ -160,6 +160,7 @@ type Result struct {
 	Unreachable int               `json:"unreachable"`
 	Timeout     int               `json:"timeout"`
 	Errors      map[string]int    `json:"errors"`
+	Skipped     int               `json:"skipped"`
 	Sequence    []string          `json:"sequence"`
 	Extra       map[string]string `json:"extra,omitempty"`
 }
@@ -173,6 +174,7 @@ func probe(args []string) error {
 	parallel := fs.Int("parallel", 4, "connections in flight at once")
 	source := fs.String("source", "", "local IP to bind (optional)")
 	path := fs.String("path", "/", "HTTP path to GET (--proto http)")
+	maxFail := fs.Int("max-failures", 0, "start no new connection after this many failed (0: no limit)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -186,15 +188,28 @@ func probe(args []string) error {
 	seq := make([]string, *count)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	failed := 0
 	jobs := make(chan int)
 	for w := 0; w < *parallel; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range jobs {
+				mu.Lock()
+				skip := *maxFail > 0 && failed >= *maxFail
+				if skip {
+					res.Skipped++
+				}
+				mu.Unlock()
+				if skip {
+					continue
+				}
 				line, err := once(*proto, *addr, *path, *source, *timeout)
 				mu.Lock()
 				seq[i] = record(&res, line, err)
+				if err != nil {
+					failed++
+				}
 				mu.Unlock()
 			}
 		}()
@@ -204,7 +219,11 @@ func probe(args []string) error {
 	}
 	close(jobs)
 	wg.Wait()
-	res.Sequence = seq
+	for _, o := range seq {
+		if o != "" {
+			res.Sequence = append(res.Sequence, o)
+		}
+	}
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
