@@ -136,6 +136,7 @@ func (d *demo) run(ctx context.Context) error {
 	d.sb, err = netns.New(ctx, netns.Options{
 		Pods:      []netns.PodSpec{podA, podB, podC, client},
 		Cgroup:    true,
+		BPFFS:     true,
 		Dir:       filepath.Join(d.tmp, "sandbox"),
 		Logger:    d.log,
 		PodServer: podServer,
@@ -272,7 +273,7 @@ func (d *demo) teardown() {
 		if err := d.sb.Close(); err != nil {
 			d.say("  removing the sandbox: %v", err)
 		} else {
-			d.say("  stopped the pod servers, deleted %d network namespaces (with their veths and bridge) and the cgroup", n)
+			d.say("  stopped the pod servers, deleted %d network namespaces (with their veths and bridge), the cgroup and the bpffs mount", n)
 		}
 	}
 	if d.tmp != "" {
