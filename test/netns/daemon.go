@@ -183,6 +183,34 @@ func (d *Daemon) Healthz(ctx context.Context, path string) (bool, error) {
 	return res.OK() == 1, nil
 }
 
+// Metric returns the value of the metric sample whose line starts with name (a metric name,
+// optionally with its labels, e.g. `svcproxy_config_reload_failures_total`) on the config's
+// metricsBindAddress /metrics, read from inside the node namespace.
+func (d *Daemon) Metric(ctx context.Context, name string) (float64, error) {
+	addr := "127.0.0.1:10249"
+	if d.cfg != nil && d.cfg.MetricsBindAddress != "" {
+		addr = d.cfg.MetricsBindAddress
+	}
+	code, body, err := d.s.HTTPGet(ctx, d.s.Node, "http://"+addr+"/metrics")
+	if err != nil {
+		return 0, err
+	}
+	if code != 200 {
+		return 0, fmt.Errorf("netns: GET /metrics: status %d", code)
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if rest, ok := strings.CutPrefix(line, name); ok && (strings.HasPrefix(rest, " ") || strings.HasPrefix(rest, "{")) {
+			f := strings.Fields(line)
+			var v float64
+			if _, err := fmt.Sscan(f[len(f)-1], &v); err != nil {
+				return 0, fmt.Errorf("netns: metric line %q: %w", line, err)
+			}
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("netns: metric %s not exposed", name)
+}
+
 // WaitReady waits until /readyz answers 200 and status shows the desired generation applied.
 // It fails early when the daemon exits.
 func (d *Daemon) WaitReady(ctx context.Context, timeout time.Duration) (*api.Status, error) {

@@ -139,6 +139,25 @@ func (r ProbeResult) String() string {
 	return b.String()
 }
 
+// HTTPGet fetches url once from inside ns and returns the status code and body.
+func (s *Sandbox) HTTPGet(ctx context.Context, ns *Namespace, url string) (int, string, error) {
+	if s.PodServer == "" {
+		return 0, "", errors.New("netns: HTTPGet: the sandbox has no podserver binary (Options.PodServer)")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	out, err := run(ctx, "ip", "netns", "exec", ns.Name, s.PodServer, "get", url)
+	if err != nil {
+		return 0, "", err
+	}
+	first, body, _ := strings.Cut(string(out), "\n")
+	code, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil {
+		return 0, "", fmt.Errorf("netns: HTTPGet %s: bad output %q", url, out)
+	}
+	return code, body, nil
+}
+
 // Probe opens spec.Count fresh connections from inside ns (running podserver probe there, in
 // the sandbox's cgroup unless ns is the external client) and counts who answered.
 func (s *Sandbox) Probe(ctx context.Context, ns *Namespace, spec ProbeSpec) (ProbeResult, error) {

@@ -271,6 +271,9 @@ var scenarios = []scenario{
 			e.t.Fatal(err)
 		}
 		e.t.Logf("status shows config error: %s", st.ConfigError)
+		if v, err := e.d.Metric(e.ctx, "svcproxy_config_reload_failures_total"); err != nil || v < 1 {
+			e.t.Errorf("svcproxy_config_reload_failures_total = %v (%v), want >= 1 after an invalid reload", v, err)
+		}
 		if st.AppliedGeneration != good.AppliedGeneration {
 			e.t.Errorf("applied generation moved from %d to %d on an invalid config", good.AppliedGeneration, st.AppliedGeneration)
 		}

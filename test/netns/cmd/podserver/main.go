@@ -2,6 +2,7 @@
 //
 //	podserver serve --name NAME [--tcp ADDR]... [--udp ADDR]... [--http ADDR]...
 //	podserver probe --proto tcp|udp|http --addr IP:PORT --count N [--timeout D] [--parallel P]
+//	podserver get URL
 //
 // serve answers every TCP connection with one line "NAME PEER\n" (PEER is the client address the
 // server saw, so tests can tell whether a connection was masqueraded) and closes it; every UDP
@@ -46,6 +47,8 @@ func main() {
 		err = serve(os.Args[2:])
 	case "probe":
 		err = probe(os.Args[2:])
+	case "get":
+		err = get(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q (want serve or probe)", os.Args[1])
 	}
@@ -149,6 +152,25 @@ func serveUDP(pc net.PacketConn, name string, log *slog.Logger) {
 			log.Error("udp reply failed", "peer", peer, "err", err)
 		}
 	}
+}
+
+func get(args []string) error {
+	if len(args) != 1 {
+		return errors.New("get: want exactly one URL")
+	}
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(args[0])
+	if err != nil {
+		return fmt.Errorf("get %s: %w", args[0], err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("get %s: %w", args[0], err)
+	}
+	fmt.Println(resp.StatusCode)
+	os.Stdout.Write(body)
+	return nil
 }
 
 // Result is what probe prints. The harness decodes the same shape.
