@@ -155,6 +155,9 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	d.say("  pod-a, pod-b and pod-c answer every connection with their name (TCP 8080, UDP 5353)")
 
+	// The sandbox's own cgroup and bpffs, whatever the file says: an eBPF data path of the
+	// demo must never attach to the host's cgroup root or pin into the host's bpffs.
+	cfg.EBPF = nil
 	d.daemon = d.sb.NewDaemon(netns.DaemonOptions{Bin: bin, Mode: d.mode, NodeName: cfg.NodeName})
 	if err := d.daemon.WriteConfig(&cfg); err != nil {
 		return err
