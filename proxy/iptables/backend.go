@@ -40,6 +40,10 @@ type Options struct {
 	MasqMark uint32
 	// LockWait is how long iptables waits for the xtables lock (-w); default 5 s.
 	LockWait time.Duration
+	// NFTChunkRules splits large nat writes of the nft flavour into restores of about this
+	// many rules (see Config.ChunkRules); 0 means 8000, negative means never split. The
+	// legacy flavour always writes one restore per table.
+	NFTChunkRules int
 	// Logger receives sync details; default discards.
 	Logger *slog.Logger
 	// Runner runs the commands; default ExecRunner (the caller's network namespace).
@@ -129,7 +133,16 @@ func New(ctx context.Context, opts Options) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("iptables backend: probing %s: %w", path, err)
 	}
-	b.planner = NewPlanner(Config{Family: b.family, MasqMark: opts.MasqMark, NoRandomFully: !ipt.HasRandomFully()})
+	chunk := 0
+	if b.flavour == "nft" {
+		switch {
+		case opts.NFTChunkRules == 0:
+			chunk = 8000
+		case opts.NFTChunkRules > 0:
+			chunk = opts.NFTChunkRules
+		}
+	}
+	b.planner = NewPlanner(Config{Family: b.family, MasqMark: opts.MasqMark, NoRandomFully: !ipt.HasRandomFully(), ChunkRules: chunk})
 	b.log.Info("iptables backend", "family", b.family.String(), "flavour", b.flavour, "binary", path)
 	return b, nil
 }
@@ -398,12 +411,15 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 	if err := b.restore(ctx, "filter", filterIn); err != nil {
 		return res, err
 	}
-	if err := b.restore(ctx, "nat", natIn); err != nil {
-		if b.lastFilter != nil {
-			if rerr := b.restore(ctx, "filter", b.lastFilter); rerr != nil {
-				b.log.Error("rolling back the filter table after the nat table was refused failed", "err", rerr)
-			}
+	for i, c := range plan.NATChunks {
+		if err := b.restore(ctx, "nat", c); err != nil {
+			// Earlier chunks are in (whole services each); the dispatch chains are not.
+			b.rollbackFilter(ctx)
+			return res, fmt.Errorf("chunk %d of %d: %w", i+1, len(plan.NATChunks), err)
 		}
+	}
+	if err := b.restore(ctx, "nat", natIn); err != nil {
+		b.rollbackFilter(ctx)
 		return res, err
 	}
 	restored := time.Now()
@@ -420,7 +436,7 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 	prevState := b.lastState
 	b.lastState = st
 	b.log.Debug("iptables sync", "full", plan.Full, "services", plan.ServicesWritten, "rules", plan.Rules,
-		"deleted", len(plan.Deleted), "natBytes", len(plan.NAT), "filterBytes", len(plan.Filter),
+		"deleted", len(plan.Deleted), "natBytes", len(plan.NAT), "natChunks", len(plan.NATChunks), "filterBytes", len(plan.Filter),
 		"plan", planned.Sub(start), "restore", restored.Sub(planned), "jumps", jumped.Sub(restored))
 
 	var only map[model.ServiceKey]struct{}
@@ -438,6 +454,15 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 		b.log.Debug("deleted stale UDP conntrack entries", "args", strings.Join(args, " "), "out", string(out))
 	}
 	return res, nil
+}
+
+func (b *Backend) rollbackFilter(ctx context.Context) {
+	if b.lastFilter == nil {
+		return
+	}
+	if err := b.restore(ctx, "filter", b.lastFilter); err != nil {
+		b.log.Error("rolling back the filter table after the nat table was refused failed", "err", err)
+	}
 }
 
 // Verify implements proxy.Backend: it reports whether the canary chains in nat and filter

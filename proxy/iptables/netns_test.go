@@ -157,15 +157,17 @@ COMMIT
 
 func TestBackendInNetns(t *testing.T) {
 	for _, flavour := range []string{"nft", "legacy"} {
-		t.Run(flavour, func(t *testing.T) { testBackend(t, flavour) })
+		t.Run(flavour, func(t *testing.T) { testBackend(t, flavour, 0) })
 	}
+	// The nft flavour splits large writes; force it on the small fixture.
+	t.Run("nft-chunked", func(t *testing.T) { testBackend(t, "nft", 6) })
 }
 
-func testBackend(t *testing.T, flavour string) {
+func testBackend(t *testing.T, flavour string, chunk int) {
 	r := newNetns(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	b, err := New(ctx, Options{Backend: flavour, Runner: r})
+	b, err := New(ctx, Options{Backend: flavour, Runner: r, NFTChunkRules: chunk})
 	if err != nil {
 		t.Fatal(err)
 	}

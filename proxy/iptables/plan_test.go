@@ -310,3 +310,50 @@ func TestOptionalChainDeletedWhenUnneeded(t *testing.T) {
 		t.Fatal("ruleset differs from a fresh full sync")
 	}
 }
+
+// TestChunkedPlansEqualUnchunked applies chunked full and partial plans in order (chunks, then
+// the final nat input) and compares with a single-input full render.
+func TestChunkedPlansEqualUnchunked(t *testing.T) {
+	pl := NewPlanner(Config{ChunkRules: 7})
+	st := fixtureState()
+	rs := tracer.New()
+	applyChunked := func(p *Plan) {
+		t.Helper()
+		if err := rs.Restore(string(p.Filter)); err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range p.NATChunks {
+			if strings.Contains(string(c), "SVCPROXY-SERVICES") {
+				t.Fatalf("chunk %d touches the dispatch chain", i)
+			}
+			if err := rs.Restore(string(c)); err != nil {
+				t.Fatalf("chunk %d: %v\n%s", i, err, c)
+			}
+		}
+		if err := rs.Restore(string(p.NAT)); err != nil {
+			t.Fatalf("final nat: %v\n%s", err, p.NAT)
+		}
+	}
+	p := pl.Plan(nil, st, model.Changes{}, true)
+	if len(p.NATChunks) < 3 {
+		t.Fatalf("%d chunks, want several", len(p.NATChunks))
+	}
+	applyChunked(p)
+	if err := rs.Restore(JumpRulesRestore()); err != nil {
+		t.Fatal(err)
+	}
+	if rs.Dump() != fresh(t, st) {
+		t.Fatal("chunked full sync differs from a single-input one")
+	}
+	written := p.Written
+	for i, mut := range mutations() {
+		next := cloneState(st)
+		mut(next)
+		p := pl.Plan(written, next, model.Diff(st, next), false)
+		applyChunked(p)
+		if rs.Dump() != fresh(t, next) {
+			t.Fatalf("step %d: chunked partial sync differs from a full render", i)
+		}
+		st, written = next, p.Written
+	}
+}

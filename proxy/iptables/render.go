@@ -48,6 +48,11 @@ type Config struct {
 	MasqMark uint32
 	// NoRandomFully drops --random-fully from MASQUERADE (for iptables older than 1.6.2).
 	NoRandomFully bool
+	// ChunkRules > 0 splits the per-service nat chains into restore inputs of about this many
+	// rules (Plan.NATChunks) when a plan writes more. iptables-nft-restore --noflush takes time
+	// quadratic in the rules of one input; split inputs keep it linear, each service still
+	// changing atomically and the dispatch chains last.
+	ChunkRules int
 }
 
 func (c Config) withDefaults() Config {
@@ -111,7 +116,12 @@ func (w *Written) Chains() []string {
 type Plan struct {
 	// NAT and Filter are complete iptables-restore inputs (from "*table" to "COMMIT").
 	NAT, Filter []byte
-	Full        bool
+	// NATChunks, when not empty, are applied in order before NAT: the first holds the
+	// helper chains service chains jump to (SVCPROXY-MARK-MASQ, SVCPROXY-MASQ-NONPOD), the
+	// others the per-service chains, about Config.ChunkRules rules each (whole services per
+	// chunk). NAT then holds the dispatch chains and the deletions.
+	NATChunks [][]byte
+	Full      bool
 	// ServicesWritten counts the services whose chains were (re)written.
 	ServicesWritten int
 	// Rules counts the rules (-A lines) in both inputs.
@@ -130,7 +140,7 @@ type Planner struct {
 	probs []string
 	// hint holds the section sizes of the previous full and partial plan, so buffers are
 	// allocated once.
-	hint [2][6]int
+	hint [2][7]int
 }
 
 // NewPlanner returns a Planner for cfg.
@@ -292,16 +302,29 @@ func (pl *Planner) planPort(st *model.State, s *model.Service, p *model.ServiceP
 	return pp
 }
 
-// tableText collects one table's restore input in sections.
+// tableText collects one table's restore input in sections: fixed chain declarations,
+// per-service chain declarations, declarations of chains to delete, deletions, dispatch
+// rules, per-service chain rules.
 type tableText struct {
-	decl, del, rules, chains writer
-	nrules                   int
+	decl, svcDecl, delDecl, del, rules, chains writer
+	nrules, nchain                             int
 }
 
-func (t *tableText) declare(chain string) {
-	t.decl.s(":")
-	t.decl.s(chain)
-	t.decl.s(" - [0:0]\n")
+func (t *tableText) declare(chain string) { declareIn(&t.decl, chain) }
+
+func (t *tableText) svcDeclare(chain string) { declareIn(&t.svcDecl, chain) }
+
+func (t *tableText) delete(chain string) {
+	declareIn(&t.delDecl, chain)
+	t.del.s("-X ")
+	t.del.s(chain)
+	t.del.s("\n")
+}
+
+func declareIn(w *writer, chain string) {
+	w.s(":")
+	w.s(chain)
+	w.s(" - [0:0]\n")
 }
 
 func (t *tableText) rule(chain string) *writer {
@@ -314,21 +337,35 @@ func (t *tableText) rule(chain string) *writer {
 // chainRule starts a rule of a per-service chain; those follow the dispatch rules.
 func (t *tableText) chainRule(chain string) *writer {
 	t.nrules++
+	t.nchain++
 	t.chains.s("-A ")
 	t.chains.s(chain)
 	return &t.chains
 }
 
-func (t *tableText) bytes(table string) []byte {
-	out := make([]byte, 0, len(table)+len(t.decl.b)+len(t.del.b)+len(t.rules.b)+len(t.chains.b)+16)
+func assemble(table string, parts ...[]byte) []byte {
+	n := len(table) + 16
+	for _, p := range parts {
+		n += len(p)
+	}
+	out := make([]byte, 0, n)
 	out = append(out, '*')
 	out = append(out, table...)
 	out = append(out, '\n')
-	out = append(out, t.decl.b...)
-	out = append(out, t.del.b...)
-	out = append(out, t.rules.b...)
-	out = append(out, t.chains.b...)
-	out = append(out, "COMMIT\n"...)
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return append(out, "COMMIT\n"...)
+}
+
+func (t *tableText) bytes(table string) []byte {
+	return assemble(table, t.decl.b, t.svcDecl.b, t.delDecl.b, t.del.b, t.rules.b, t.chains.b)
+}
+
+// cut moves the per-service chains written so far into a restore input of their own.
+func (t *tableText) cut(table string) []byte {
+	out := assemble(table, t.svcDecl.b, t.chains.b)
+	t.svcDecl.b, t.chains.b, t.nchain = t.svcDecl.b[:0], t.chains.b[:0], 0
 	return out
 }
 
@@ -348,10 +385,13 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 		hostMask = "/128"
 	}
 
-	// Fixed chains, rewritten every sync.
-	for _, ch := range []string{ChainServices, ChainNodePorts, ChainPostrouting, ChainMarkMasq} {
+	// Fixed chains, rewritten every sync. helpers holds those that service chains jump to:
+	// when the plan is split into chunks they go first.
+	var helpers tableText
+	for _, ch := range []string{ChainServices, ChainNodePorts, ChainPostrouting} {
 		nat.declare(ch)
 	}
+	helpers.declare(ChainMarkMasq)
 	for _, ch := range []string{ChainServices, ChainExternalServices, ChainNodePorts, ChainForward, ChainFirewall} {
 		filter.declare(ch)
 	}
@@ -367,19 +407,19 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 		}
 	}
 	if !st.MasqueradeAll && len(clusterCIDRs) > 1 {
-		nat.declare(ChainMasqNonPod)
+		helpers.declare(ChainMasqNonPod)
 		for _, p := range clusterCIDRs {
-			w := nat.rule(ChainMasqNonPod)
+			w := helpers.rule(ChainMasqNonPod)
 			w.s(" -s ")
 			w.s(p.String())
 			w.s(" -j RETURN\n")
 		}
-		w := nat.rule(ChainMasqNonPod)
+		w := helpers.rule(ChainMasqNonPod)
 		w.s(" -j " + ChainMarkMasq + "\n")
 	}
 
 	mark := string(strconv.AppendUint([]byte("0x"), uint64(c.MasqMark), 16))
-	w := nat.rule(ChainMarkMasq)
+	w := helpers.rule(ChainMarkMasq)
 	w.s(" -j MARK --or-mark " + mark + "\n")
 	w = nat.rule(ChainPostrouting)
 	w.s(" -m mark ! --mark " + mark + "/" + mark + " -j RETURN\n")
@@ -546,6 +586,9 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 			chains = pl.serviceChains(pp, chains, rewrite, &nat, st.MasqueradeAll, clusterCIDRs, hostMask, large)
 		}
 		next.services[s.Key] = chains
+		if c.ChunkRules > 0 && nat.nchain >= c.ChunkRules {
+			plan.NATChunks = append(plan.NATChunks, nat.cut("nat"))
+		}
 	}
 
 	// Node ports are matched last, on local addresses only (all of them, or those within
@@ -610,8 +653,7 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 			}
 			for _, ch := range prev.orphans["filter"] {
 				if !fixed[ch] {
-					filter.declare(ch)
-					filter.del.s("-X " + ch + "\n")
+					filter.delete(ch)
 					plan.Deleted = append(plan.Deleted, ch)
 				}
 			}
@@ -632,10 +674,7 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 			continue
 		}
 		// Flush (declare) before delete: a chain must be empty and unreferenced to go.
-		nat.declare(ch)
-		nat.del.s("-X ")
-		nat.del.s(ch)
-		nat.del.s("\n")
+		nat.delete(ch)
 		plan.Deleted = append(plan.Deleted, ch)
 	}
 
@@ -643,9 +682,18 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 	if full {
 		pl.names.sweep()
 	}
-	plan.NAT = nat.bytes("nat")
+	if len(plan.NATChunks) > 0 {
+		if nat.nchain > 0 {
+			plan.NATChunks = append(plan.NATChunks, nat.cut("nat"))
+		}
+		plan.NATChunks = append([][]byte{assemble("nat", helpers.decl.b, helpers.rules.b)}, plan.NATChunks...)
+		plan.NAT = assemble("nat", nat.decl.b, nat.delDecl.b, nat.del.b, nat.rules.b)
+	} else {
+		plan.NAT = assemble("nat", nat.decl.b, helpers.decl.b, nat.svcDecl.b, nat.delDecl.b, nat.del.b,
+			helpers.rules.b, nat.rules.b, nat.chains.b)
+	}
 	plan.Filter = filter.bytes("filter")
-	plan.Rules = nat.nrules + filter.nrules
+	plan.Rules = nat.nrules + helpers.nrules + filter.nrules
 	plan.Written = next
 	return plan
 }
@@ -655,7 +703,7 @@ func (pl *Planner) presize(st *model.State, full bool, nat, filter *tableText) {
 	if !full {
 		h = pl.hint[1]
 	}
-	if h == ([6]int{}) {
+	if h == ([7]int{}) {
 		ports, eps := 0, 0
 		for _, s := range st.Services {
 			ports += len(s.Ports)
@@ -663,23 +711,28 @@ func (pl *Planner) presize(st *model.State, full bool, nat, filter *tableText) {
 				eps += len(s.Ports[i].Endpoints)
 			}
 		}
-		h = [6]int{ports*80 + eps*40 + 512, 0, ports*160 + 1024, ports*600 + eps*330, 512, ports*40 + 1024}
+		h = [7]int{1024, ports*80 + eps*40 + 512, 512, ports*160 + 1024, ports*600 + eps*330, 512, ports*40 + 1024}
 		if !full {
-			h[3] = 0
+			h[1], h[4] = 0, 0
 		}
 	}
+	if c := pl.cfg.ChunkRules; c > 0 {
+		// Chunked plans reuse the per-service buffers for each chunk.
+		h[1], h[4] = min(h[1], c*40+4096), min(h[4], c*120+4096)
+	}
 	nat.decl.b = make([]byte, 0, h[0])
-	nat.del.b = make([]byte, 0, h[1])
-	nat.rules.b = make([]byte, 0, h[2])
-	nat.chains.b = make([]byte, 0, h[3])
-	filter.decl.b = make([]byte, 0, h[4])
-	filter.rules.b = make([]byte, 0, h[5])
+	nat.svcDecl.b = make([]byte, 0, h[1])
+	nat.del.b = make([]byte, 0, h[2])
+	nat.rules.b = make([]byte, 0, h[3])
+	nat.chains.b = make([]byte, 0, h[4])
+	filter.decl.b = make([]byte, 0, h[5])
+	filter.rules.b = make([]byte, 0, h[6])
 }
 
 func (pl *Planner) remember(full bool, nat, filter *tableText) {
 	grow := func(n int) int { return n + n/8 + 256 }
-	h := [6]int{grow(len(nat.decl.b)), grow(len(nat.del.b)), grow(len(nat.rules.b)), grow(len(nat.chains.b)),
-		grow(len(filter.decl.b)), grow(len(filter.rules.b))}
+	h := [7]int{grow(len(nat.decl.b)), grow(len(nat.svcDecl.b)), grow(len(nat.del.b)), grow(len(nat.rules.b)),
+		grow(len(nat.chains.b)), grow(len(filter.decl.b)), grow(len(filter.rules.b))}
 	if full {
 		pl.hint[0] = h
 	} else {
@@ -783,7 +836,7 @@ func (pl *Planner) serviceChains(pp *portPlan, chains []string, rewrite bool, na
 	}
 
 	if pp.usesCluster {
-		nat.declare(sChain)
+		nat.svcDeclare(sChain)
 		for _, ip := range pp.clusterIPs {
 			switch {
 			case masqAll:
@@ -817,11 +870,11 @@ func (pl *Planner) serviceChains(pp *portPlan, chains []string, rewrite bool, na
 		balance(sChain, pp.cat.Cluster, clusterNames)
 	}
 	if pp.usesLocal {
-		nat.declare(lChain)
+		nat.svcDeclare(lChain)
 		balance(lChain, pp.cat.Local, localNames)
 	}
 	if pp.external {
-		nat.declare(xChain)
+		nat.svcDeclare(xChain)
 		if pp.svc.ExternalTrafficPolicyLocal {
 			for _, p := range clusterCIDRs {
 				w := nat.chainRule(xChain)
@@ -860,7 +913,7 @@ func (pl *Planner) serviceChains(pp *portPlan, chains []string, rewrite bool, na
 			w.s("\n")
 		}
 		if len(pp.sourceRanges) > 0 && len(pp.lbIPs) > 0 {
-			nat.declare(fChain)
+			nat.svcDeclare(fChain)
 			for _, r := range pp.sourceRanges {
 				w := nat.chainRule(fChain)
 				w.s(" -s ")
@@ -874,7 +927,7 @@ func (pl *Planner) serviceChains(pp *portPlan, chains []string, rewrite bool, na
 		}
 	}
 	for _, e := range eps {
-		nat.declare(e.chain)
+		nat.svcDeclare(e.chain)
 		w := nat.chainRule(e.chain)
 		w.s(" -s ")
 		w.addr(e.ep.IP)
