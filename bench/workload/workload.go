@@ -20,12 +20,15 @@ import (
 
 // Fixed addresses and ports of the workload.
 const (
-	Namespace   = "bench"
-	Port        = 80
-	TargetPort  = 8080
-	PortName    = "tcp"
-	ClusterCIDR = "10.244.0.0/16"
-	ServiceCIDR = "10.96.0.0/16"
+	Namespace  = "bench"
+	Port       = 80
+	TargetPort = 8080
+	PortName   = "tcp"
+	// SinkPort is the probe service's second port (port = targetPort), for stream throughput.
+	SinkPort     = 9090
+	SinkPortName = "sink"
+	ClusterCIDR  = "10.244.0.0/16"
+	ServiceCIDR  = "10.96.0.0/16"
 	// RemoteNode is the node name of generated (not real) endpoints.
 	RemoteNode = "node2"
 	// vipOffset skips 10.96.0.0/28 (10.96.0.1 is the apiserver's own "kubernetes" service).
@@ -115,6 +118,10 @@ func (s Spec) endpoints(i int) []Endpoint {
 	return out
 }
 
+// hasSink reports whether service i has the sink port: the probe service, when it has real
+// endpoints.
+func (s Spec) hasSink(i int) bool { return i == s.ProbeIndex() && len(s.ProbeIPs) > 0 }
+
 // Settings are the non-service fields of a ProxyConfig the runner chooses.
 type Settings struct {
 	NodeName           string
@@ -163,8 +170,12 @@ func (s Spec) ProxyConfig(set Settings) ([]byte, error) {
 	}
 	b.WriteString("services:\n")
 	for i := 0; i < s.Services; i++ {
-		fmt.Fprintf(&b, "  - name: %s\n    namespace: %s\n    clusterIP: %s\n    ports: [{name: %s, protocol: TCP, port: %d, targetPort: %d}]\n    endpoints:\n",
+		fmt.Fprintf(&b, "  - name: %s\n    namespace: %s\n    clusterIP: %s\n    ports: [{name: %s, protocol: TCP, port: %d, targetPort: %d}",
 			Name(i), Namespace, VIP(i), PortName, Port, TargetPort)
+		if s.hasSink(i) {
+			fmt.Fprintf(&b, ", {name: %s, protocol: TCP, port: %d, targetPort: %d}", SinkPortName, SinkPort, SinkPort)
+		}
+		b.WriteString("]\n    endpoints:\n")
 		for _, ep := range s.endpoints(i) {
 			fmt.Fprintf(&b, "      - {ip: %s, nodeName: %s, ready: true, serving: true}\n", ep.IP, ep.Node)
 		}
@@ -182,7 +193,7 @@ const (
 // Service returns the Service object of service i (no selector: its EndpointSlice is made by
 // the benchmark, as a controller would).
 func (s Spec) Service(i int) *corev1.Service {
-	return &corev1.Service{
+	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: Name(i), Namespace: Namespace, Labels: map[string]string{"app": "svcbench"}},
 		Spec: corev1.ServiceSpec{
 			Type:       corev1.ServiceTypeClusterIP,
@@ -193,6 +204,12 @@ func (s Spec) Service(i int) *corev1.Service {
 			}},
 		},
 	}
+	if s.hasSink(i) {
+		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{
+			Name: SinkPortName, Protocol: corev1.ProtocolTCP, Port: SinkPort, TargetPort: intstr.FromInt32(SinkPort),
+		})
+	}
+	return svc
 }
 
 // SliceName is the name of service i's EndpointSlice.
@@ -212,6 +229,11 @@ func (s Spec) EndpointSlice(i int) *discoveryv1.EndpointSlice {
 		Ports: []discoveryv1.EndpointPort{{
 			Name: ptr(PortName), Protocol: ptr(corev1.ProtocolTCP), Port: ptr(int32(TargetPort)),
 		}},
+	}
+	if s.hasSink(i) {
+		out.Ports = append(out.Ports, discoveryv1.EndpointPort{
+			Name: ptr(SinkPortName), Protocol: ptr(corev1.ProtocolTCP), Port: ptr(int32(SinkPort)),
+		})
 	}
 	for _, ep := range eps {
 		node := ep.Node

@@ -1,0 +1,220 @@
+// Command svcbench runs svcproxy's benchmarks against kube-proxy (what `make bench` and
+// `make bench-full` call through hack/bench.sh) and is also the small workload program the
+// benchmark starts inside network namespaces:
+//
+//	svcbench run [--profile quick|full] [--out docs/benchmarks.md] --svcproxy BIN --kube-bin-dir DIR
+//	svcbench serve --name NAME --line :8080 --sink :9090   # in each pod
+//	svcbench load --addr IP:PORT --workers N --duration D --max N   # new-connection rate, JSON
+//	svcbench stream --addr IP:PORT --duration D                       # one stream's throughput, JSON
+//	svcbench watch --addr IP:PORT [--want NAME] --timeout D           # until NAME answers, JSON
+//
+// run needs root; it creates and removes everything it uses (see bench/runner).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"syscall"
+	"time"
+
+	"github.com/svcproxy/svcproxy/bench/load"
+	"github.com/svcproxy/svcproxy/bench/runner"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: svcbench run|serve|load|stream|watch [flags]")
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch os.Args[1] {
+	case "run":
+		err = run(ctx, os.Args[2:])
+	case "serve":
+		err = serve(ctx, os.Args[2:])
+	case "load":
+		err = rate(ctx, os.Args[2:])
+	case "stream":
+		err = stream(ctx, os.Args[2:])
+	case "watch":
+		err = watch(ctx, os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "svcbench:", err)
+		os.Exit(1)
+	}
+}
+
+func printJSON(v any) error { return json.NewEncoder(os.Stdout).Encode(v) }
+
+func serve(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	name := fs.String("name", "", "name to answer with")
+	lineAddr := fs.String("line", ":8080", "address of the line server")
+	sinkAddr := fs.String("sink", ":9090", "address of the stream sink")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *name == "" {
+		return fmt.Errorf("serve: --name is required")
+	}
+	line, err := net.Listen("tcp", *lineAddr)
+	if err != nil {
+		return err
+	}
+	sink, err := net.Listen("tcp", *sinkAddr)
+	if err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	return load.Serve(ctx, *name, line, sink)
+}
+
+func rate(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("load", flag.ContinueOnError)
+	var s load.RateSpec
+	fs.StringVar(&s.Addr, "addr", "", "IP:PORT")
+	fs.IntVar(&s.Workers, "workers", 4, "concurrent workers")
+	fs.DurationVar(&s.Duration, "duration", 3*time.Second, "length of the round")
+	fs.IntVar(&s.Max, "max", 1000000, "most connections in all")
+	fs.DurationVar(&s.Timeout, "timeout", time.Second, "per-connection timeout")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	res, err := load.Rate(ctx, s)
+	if err != nil {
+		return err
+	}
+	return printJSON(res)
+}
+
+func stream(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("stream", flag.ContinueOnError)
+	addr := fs.String("addr", "", "IP:PORT of a sink")
+	d := fs.Duration("duration", 3*time.Second, "how long to send")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	res, err := load.Stream(ctx, *addr, *d)
+	if err != nil {
+		return err
+	}
+	return printJSON(res)
+}
+
+func watch(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
+	addr := fs.String("addr", "", "IP:PORT")
+	want := fs.String("want", "", "server name to wait for (any when empty)")
+	interval := fs.Duration("interval", time.Millisecond, "pause between attempts")
+	timeout := fs.Duration("timeout", time.Minute, "give up after")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	fmt.Println("watching")
+	res, err := load.Watch(ctx, *addr, *want, *interval, *timeout)
+	if err != nil {
+		return err
+	}
+	return printJSON(res)
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	profile := fs.String("profile", "quick", "quick or full")
+	out := fs.String("out", "docs/benchmarks.md", "report to write")
+	jsonOut := fs.String("json", "", "also write the raw results as JSON here")
+	svcproxy := fs.String("svcproxy", "bin/svcproxy", "svcproxy binary")
+	kubeBin := fs.String("kube-bin-dir", "", "directory with kube-apiserver and kube-proxy (hack/build-kube.sh)")
+	only := fs.String("only", "", "run only the cases whose ID (impl/mode/source/services) matches this regexp")
+	keep := fs.Bool("keep", false, "keep the work directory (logs) after the run")
+	header := fs.String("header", "", "a markdown file to put before the generated part of the report")
+	command := fs.String("command", "", "the command that started the run, for the report")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("run needs root (network namespaces, iptables, BPF)")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	sp, err := filepath.Abs(*svcproxy)
+	if err != nil {
+		return err
+	}
+	if *kubeBin == "" {
+		return fmt.Errorf("--kube-bin-dir is required (hack/build-kube.sh prints it)")
+	}
+	cases, err := runner.Profile(*profile)
+	if err != nil {
+		return err
+	}
+	if *only != "" {
+		re, err := regexp.Compile(*only)
+		if err != nil {
+			return fmt.Errorf("--only: %w", err)
+		}
+		var keepCases []runner.Case
+		for _, c := range cases {
+			if re.MatchString(c.ID()) {
+				keepCases = append(keepCases, c)
+			}
+		}
+		cases = keepCases
+	}
+	work, err := os.MkdirTemp("", "svcbench-")
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	opts := runner.Options{
+		Profile: *profile, Svcproxy: sp, Self: self, KubeBinDir: *kubeBin, WorkDir: work, Keep: *keep, Logger: log,
+		Workers: 4, RoundTime: 2 * time.Second, Rounds: 5, StreamTime: 2 * time.Second, StreamRounds: 3, Changes: 6,
+	}
+	if *profile == "full" {
+		opts.RoundTime, opts.StreamTime, opts.StreamRounds, opts.Changes = 3*time.Second, 3*time.Second, 5, 10
+	}
+	start := time.Now()
+	results, runErr := runner.Execute(ctx, opts, cases)
+	if *keep {
+		log.Info("work directory kept", "dir", work)
+	}
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(results, "", "  ")
+		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+			return err
+		}
+	}
+	if runErr != nil {
+		return fmt.Errorf("run interrupted, report not written: %w", runErr)
+	}
+	var head []byte
+	if *header != "" {
+		if head, err = os.ReadFile(*header); err != nil {
+			return err
+		}
+	}
+	md, err := runner.Report(runner.ReportInput{Header: string(head), Options: opts, Results: results, Command: *command, Took: time.Since(start)})
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(*out, []byte(md), 0o644); err != nil {
+		return err
+	}
+	log.Info("report written", "file", *out, "took", time.Since(start).Round(time.Second))
+	return nil
+}
