@@ -105,6 +105,27 @@ func (d *Daemon) WriteConfig(cfg *ProxyConfig) error {
 	return nil
 }
 
+// WriteConfigInPlace writes cfg like WriteConfig, but by truncating and rewriting the
+// existing file (as `cat > FILE` or many editors do), so a watcher may see it empty or half
+// written for a moment.
+func (d *Daemon) WriteConfigInPlace(cfg *ProxyConfig) error {
+	c := *cfg
+	c.StateDir = d.StateDir
+	c.APISocket = d.APISocket
+	if c.EBPF == nil {
+		c.EBPF = d.s.ebpfSettings()
+	}
+	data, err := c.Marshal()
+	if err != nil {
+		return fmt.Errorf("netns: render config: %w", err)
+	}
+	if err := os.WriteFile(d.ConfigPath, data, 0o600); err != nil {
+		return fmt.Errorf("netns: write config in place: %w", err)
+	}
+	d.cfg = &c
+	return nil
+}
+
 // WriteRaw writes data as the config file as it is (for invalid configs).
 func (d *Daemon) WriteRaw(data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(d.ConfigPath), 0o700); err != nil {

@@ -227,8 +227,16 @@ var scenarios = []scenario{
 		}
 		e.requireSpread("after removing pod-c", res, e.a, e.b)
 
-		// And back: pod-c is an endpoint again.
-		if _, err := e.d.Reload(e.ctx, e.config(e.services()), reloadTimeout); err != nil {
+		// And back: pod-c is an endpoint again. This time the file is rewritten in place
+		// (truncate, write), as `cat > FILE` does, instead of replaced by a rename.
+		mid, err := e.d.Status(e.ctx)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if err := e.d.WriteConfigInPlace(e.config(e.services())); err != nil {
+			e.t.Fatal(err)
+		}
+		if _, err := e.d.WaitApplied(e.ctx, mid.DesiredGeneration, reloadTimeout); err != nil {
 			e.t.Fatal(err)
 		}
 		res = e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns})
