@@ -348,6 +348,104 @@ var scenarios = []scenario{
 				e.t.Errorf("second cleanup: %v\n%s", err, out)
 			}
 		}},
+	{name: "status lists services and endpoints", run: func(e *env) {
+		st, err := e.d.Status(e.ctx)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		found := map[string]bool{}
+		for _, svc := range st.Services {
+			found[svc.Name] = true
+			switch svc.Name {
+			case "web":
+				if len(svc.ClusterIPs) != 1 || svc.ClusterIPs[0] != webVIP.String() || len(svc.Ports) != 1 {
+					e.t.Errorf("status: web: want clusterIP %s and one port, got %+v", webVIP, svc)
+					continue
+				}
+				active := map[string]bool{}
+				for _, ep := range svc.Ports[0].Endpoints {
+					if ep.State == "active" {
+						active[ep.Address] = true
+					}
+				}
+				for _, p := range []*Pod{e.a, e.b, e.c} {
+					if !active[p.IP.String()] && !active[netip.AddrPortFrom(p.IP, 8080).String()] {
+						e.t.Errorf("status: web: endpoint %s (%s) not shown as active: %+v", p.PodName, p.IP, svc.Ports[0].Endpoints)
+					}
+				}
+			case "empty":
+				for _, p := range svc.Ports {
+					if len(p.Endpoints) != 0 {
+						e.t.Errorf("status: empty: port %s has endpoints %+v", p.Name, p.Endpoints)
+					}
+				}
+			case "np":
+				if len(svc.Ports) != 1 || svc.Ports[0].NodePort != npPort {
+					e.t.Errorf("status: np: want nodePort %d, got %+v", npPort, svc.Ports)
+				}
+			}
+		}
+		for _, want := range []string{"web", "dns", "empty", "self", "sticky", "np", "np-local", "ext"} {
+			if !found[want] {
+				e.t.Errorf("status does not list service %q", want)
+			}
+		}
+		if !st.Healthy || st.Mode != e.mode || st.NodeName != nodeName {
+			e.t.Errorf("status: want healthy, mode %s, node %s; got healthy=%v (%s) mode=%s node=%s", e.mode, nodeName, st.Healthy, st.HealthReason, st.Mode, st.NodeName)
+		}
+		if ok, err := e.d.Healthz(e.ctx, "/healthz"); err != nil || !ok {
+			e.t.Errorf("/healthz: want 200, got ok=%v err=%v", ok, err)
+		}
+	}},
+	{name: "allocated VIP stays across reload and restart", run: func(e *env) {
+		// A service without clusterIP gets one from serviceCIDR, kept across reloads and
+		// restarts (IPAM state in stateDir).
+		svcs := append(e.services(), Service{Name: "auto", Ports: []ServicePort{{Name: "http", Protocol: "TCP", Port: webPort, TargetPort: 8080}},
+			Endpoints: ReadyEndpoints(nodeName, e.a, e.b, e.c)})
+		if _, err := e.d.Reload(e.ctx, e.config(svcs), reloadTimeout); err != nil {
+			e.t.Fatal(err)
+		}
+		vip := func() netip.Addr {
+			st, err := e.d.Status(e.ctx)
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			for _, s := range st.Services {
+				if s.Name == "auto" && len(s.ClusterIPs) == 1 {
+					a, err := netip.ParseAddr(s.ClusterIPs[0])
+					if err != nil || !ServicePrefix.Contains(a) {
+						e.t.Fatalf("allocated clusterIP %q is not in %s", s.ClusterIPs[0], ServicePrefix)
+					}
+					return a
+				}
+			}
+			e.t.Fatalf("status does not show the allocated clusterIP of service auto: %+v", st.Services)
+			return netip.Addr{}
+		}
+		first := vip()
+		e.requireSpread("auto VIP "+first.String(), e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(first, webPort), Count: spreadConns}), e.a, e.b, e.c)
+		// Reload with another service added before it in the file, then restart.
+		svcs = append([]Service{{Name: "aaa", Ports: []ServicePort{{Name: "http", Protocol: "TCP", Port: webPort, TargetPort: 8080}}, Endpoints: ReadyEndpoints(nodeName, e.a)}}, svcs...)
+		if _, err := e.d.Reload(e.ctx, e.config(svcs), reloadTimeout); err != nil {
+			e.t.Fatal(err)
+		}
+		if got := vip(); got != first {
+			e.t.Errorf("allocated VIP changed on reload: %s -> %s", first, got)
+		}
+		if err := e.d.Stop(e.ctx, syscall.SIGKILL, 30*time.Second); err == nil {
+			e.t.Log("svcproxy exited 0 on SIGKILL?")
+		}
+		if err := e.d.Start(e.ctx); err != nil {
+			e.t.Fatal(err)
+		}
+		if _, err := e.d.WaitReady(e.ctx, readyTimeout); err != nil {
+			e.t.Fatal(err)
+		}
+		if got := vip(); got != first {
+			e.t.Errorf("allocated VIP changed across a restart: %s -> %s", first, got)
+		}
+		e.requireSpread("auto VIP after restart", e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(first, webPort), Count: spreadConns}), e.a, e.b, e.c)
+	}},
 	{name: "UDP through the VIP", run: func(e *env) {
 		res := e.probe(&e.client.Namespace, ProbeSpec{Proto: UDP, Addr: netip.AddrPortFrom(dnsVIP, dnsPort), Count: spreadConns})
 		e.requireSpread("client pod -> dns VIP (UDP)", res, e.a, e.b, e.c)
