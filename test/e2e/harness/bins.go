@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -63,21 +64,32 @@ func KubeBinDir(t testing.TB) string {
 	return dir
 }
 
-// SvcproxyBinary returns the path of the svcproxy binary for tests that run the daemon:
-// $SVCPROXY_BIN when set, else bin/svcproxy of the repository (`make build`). It fails the test
-// when the binary is missing.
+// SvcproxyBinary returns the path of an svcproxy binary for tests that run the daemon:
+// $SVCPROXY_BIN when set, else a fresh `go build ./cmd/svcproxy` of this work tree into a
+// temporary directory (fast with a warm build cache), so a test never runs a stale bin/.
 func SvcproxyBinary(t testing.TB) string {
 	t.Helper()
-	p := os.Getenv("SVCPROXY_BIN")
-	if p == "" {
-		root, err := RepoRoot()
-		if err != nil {
-			t.Fatalf("harness: %v", err)
+	if p := os.Getenv("SVCPROXY_BIN"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("harness: SVCPROXY_BIN: %v", err)
 		}
-		p = filepath.Join(root, "bin", "svcproxy")
+		return p
 	}
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("harness: svcproxy binary: %v (run `make build` or set SVCPROXY_BIN)", err)
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatalf("harness: %v", err)
 	}
-	return p
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	out := filepath.Join(t.TempDir(), "svcproxy")
+	start := time.Now()
+	cmd := exec.Command(goBin, "build", "-o", out, "./cmd/svcproxy")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("harness: building svcproxy: %v\n%s", err, b)
+	}
+	t.Logf("harness: built svcproxy in %s", time.Since(start).Round(time.Millisecond))
+	return out
 }

@@ -153,9 +153,11 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 	// One cleanup for whichever kube-apiserver runs last (tests restart it), registered after
 	// etcd's so that it runs before etcd's. Cleanups the test registers later (clients,
 	// sources) run before it: kube-apiserver then stops without open watches to drain.
+	// kube-apiserver sometimes lingers after "apiserver is exiting" (storage statistics
+	// goroutines); its state is thrown away, so it gets a short grace period.
 	t.Cleanup(func() {
 		if p := c.APIServer(); p != nil {
-			p.cleanup(t)
+			p.cleanupWithin(t, 2*time.Second)
 		}
 	})
 	start := time.Now()
@@ -314,8 +316,9 @@ func (c *Cluster) ServiceAccountToken(ctx context.Context, namespace, name strin
 	return tr.Status.Token, nil
 }
 
-// Node is a node network namespace joined to the underlay: eth0 with IP/24, its peer on the
-// control-plane bridge. kube-apiserver is at Cluster.Server from here.
+// Node is a node network namespace joined to the underlay: eth0 with IP/24 and a default
+// route via ControlPlaneIP, its peer on the control-plane bridge, IPv4 forwarding on. kube-apiserver is at
+// Cluster.Server from here.
 type Node struct {
 	Name    string
 	NS      *NetNS
@@ -366,9 +369,20 @@ func (c *Cluster) AddNode(t testing.TB, name string) *Node {
 		if err := h.AddrAdd(eth, addr); err != nil {
 			return err
 		}
-		return h.LinkSetUp(eth)
+		if err := h.LinkSetUp(eth); err != nil {
+			return err
+		}
+		// A default route, as every real node has: without one, connect() to a service VIP
+		// fails with ENETUNREACH before netfilter or a socket hook ever sees it. It points at
+		// the control-plane namespace, which forwards nothing.
+		return h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.ParseIP(ControlPlaneIP)})
 	}); err != nil {
 		t.Fatalf("harness: configuring eth0 of node %s: %v", name, err)
+	}
+	// Forwarding, as on every Kubernetes node (kubelet's prerequisites): NodePort traffic to an
+	// endpoint on another node is forwarded. The sysctl is the node namespace's own.
+	if _, err := ns.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1"); err != nil {
+		t.Fatalf("harness: node %s: %v", name, err)
 	}
 	return &Node{Name: name, NS: ns, IP: ip, Cluster: c}
 }

@@ -6,13 +6,16 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // NetNS is a named network namespace the test created (`ip netns add`), visible as
@@ -137,4 +140,24 @@ func (n *NetNS) Run(name string, args ...string) (string, error) {
 		return string(out), fmt.Errorf("netns %s: %s %s: %w: %s", n.Name, name, strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
+}
+
+// NewBPFFS mounts a bpffs instance of the test's own in a temporary directory and unmounts it
+// on cleanup, which drops every pin in it. Daemons under test pin there (ebpf.pinPath) instead
+// of the host's /sys/fs/bpf, so they never see, or remove, anyone else's objects.
+func NewBPFFS(t testing.TB) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "bpffs")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatalf("harness: mounting bpffs at %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			t.Errorf("harness: unmounting bpffs %s: %v", dir, err)
+		}
+	})
+	return dir
 }

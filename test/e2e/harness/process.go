@@ -65,9 +65,11 @@ func (n *NetNS) start(t testing.TB, dir, name string, cmd *exec.Cmd) *Process {
 }
 
 // cleanup stops the process at the end of a test, and shows its log tail if the test failed.
-func (p *Process) cleanup(t testing.TB) {
+func (p *Process) cleanup(t testing.TB) { p.cleanupWithin(t, StopGrace) }
+
+func (p *Process) cleanupWithin(t testing.TB, grace time.Duration) {
 	start := time.Now()
-	if err := p.Stop(); err != nil {
+	if err := p.StopWithin(grace); err != nil {
 		t.Logf("harness: %v", err)
 	}
 	if d := time.Since(start); d > 2*time.Second {
@@ -97,7 +99,10 @@ func (p *Process) Done() <-chan struct{} { return p.done }
 // Stop sends SIGTERM to the process (by PID), waits up to StopGrace, then sends SIGKILL and
 // waits for it to end. Stopping a process that has ended is a no-op. The returned error only
 // reports a process that could not be signalled; its own exit status is ignored.
-func (p *Process) Stop() error {
+func (p *Process) Stop() error { return p.StopWithin(StopGrace) }
+
+// StopWithin is Stop with another grace period.
+func (p *Process) StopWithin(grace time.Duration) error {
 	var err error
 	p.once.Do(func() {
 		select {
@@ -111,7 +116,7 @@ func (p *Process) Stop() error {
 		select {
 		case <-p.done:
 			return
-		case <-time.After(StopGrace):
+		case <-time.After(grace):
 		}
 		if e := p.cmd.Process.Kill(); e != nil {
 			err = fmt.Errorf("killing %s (pid %d): %w", p.Name, p.PID(), e)
