@@ -70,11 +70,14 @@ func (r *Run) startSvcproxy(ctx context.Context, sb *netns.Sandbox, c Case, dir 
 		// Only the network namespace changes: the daemon must see the run's bpffs and cgroup2.
 		launcher = netns.Nsenter
 	}
-	proc, err := sb.Start(ctx, netns.ProcSpec{Name: "svcproxy", NS: sb.Node, Argv: argv, Launcher: launcher})
+	startProc := func(ctx context.Context) (*netns.Process, error) {
+		return sb.Start(ctx, netns.ProcSpec{Name: "svcproxy", NS: sb.Node, Argv: argv, Launcher: launcher})
+	}
+	proc, err := startProc(ctx)
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{proc: proc, metricName: "svcproxy_", readyz: true, http: newNSHTTP(sb.Node.Name)}
+	d := &daemon{proc: proc, metricName: "svcproxy_", readyz: true, http: newNSHTTP(sb.Node.Name), start: startProc}
 	if c.Source == "file" {
 		d.applyChange = func(ctx context.Context, ip netip.Addr) (time.Time, error) {
 			data, err := sp.WithChange(ip).ProxyConfig(set)
@@ -92,7 +95,7 @@ func (r *Run) startSvcproxy(ctx context.Context, sb *netns.Sandbox, c Case, dir 
 		d.applyChange = r.cluster.changeEndpoint
 	}
 	d.cleanup = func(ctx context.Context) {
-		proc.Stop(ctx, 10*time.Second)
+		d.proc.Stop(ctx, 10*time.Second)
 		cctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
 		args := []string{"netns", "exec", sb.Node.Name, r.opts.Svcproxy, "cleanup", "--config", cfgPath, "--state-dir", set.StateDir, "--api-socket", set.APISocket, "--node-name", nodeName}
@@ -148,11 +151,14 @@ func (r *Run) startKubeProxy(ctx context.Context, sb *netns.Sandbox, c Case, dir
 		}
 		env = append(env, "PATH="+bin+":"+os.Getenv("PATH"))
 	}
-	proc, err := sb.Start(ctx, netns.ProcSpec{Name: "kube-proxy", NS: sb.Node, Argv: argv, Env: env})
+	startProc := func(ctx context.Context) (*netns.Process, error) {
+		return sb.Start(ctx, netns.ProcSpec{Name: "kube-proxy", NS: sb.Node, Argv: argv, Env: env})
+	}
+	proc, err := startProc(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return &daemon{proc: proc, metricName: "kubeproxy_", http: newNSHTTP(sb.Node.Name), applyChange: r.cluster.changeEndpoint}, nil
+	return &daemon{proc: proc, metricName: "kubeproxy_", http: newNSHTTP(sb.Node.Name), applyChange: r.cluster.changeEndpoint, start: startProc}, nil
 }
 
 // countRules counts what the case wrote into the kernel of the node namespace.

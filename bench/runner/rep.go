@@ -48,6 +48,8 @@ type daemon struct {
 	// the time the change was made.
 	applyChange func(ctx context.Context, ip netip.Addr) (time.Time, error)
 	cleanup     func(ctx context.Context)
+	// start starts the daemon process again with the same arguments (a restart).
+	start func(ctx context.Context) (*netns.Process, error)
 }
 
 func (d *daemon) metrics(ctx context.Context) (stats.Metrics, error) {
@@ -121,7 +123,19 @@ func (r *Run) runRep(ctx context.Context, res *Result, rep int, last bool) (time
 	if d.cleanup != nil {
 		defer d.cleanup(context.Background())
 	}
-	defer d.proc.Stop(context.Background(), 10*time.Second)
+	defer func() { d.proc.Stop(context.Background(), 10*time.Second) }()
+	if r.opts.PerfDir != "" && c.Impl == "svcproxy" {
+		out := filepath.Join(r.opts.PerfDir, strings.ReplaceAll(c.ID(), "/", "_")+fmt.Sprintf("-r%d.perf.data", rep+1))
+		perf := exec.Command("perf", "record", "-F", "999", "-g", "-p", strconv.Itoa(d.proc.PID()), "-o", out)
+		perf.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := perf.Start(); err != nil {
+			return 0, fmt.Errorf("perf record: %w", err)
+		}
+		defer func() {
+			perf.Process.Signal(syscall.SIGINT)
+			perf.Wait()
+		}()
+	}
 	cold, wall, err := r.waitReady(ctx, d, start, c)
 	if err != nil {
 		return time.Since(start), err
@@ -163,6 +177,25 @@ func (r *Run) runRep(ctx context.Context, res *Result, rep int, last bool) (time
 	}
 	if d.proc.Exited() {
 		return wall, fmt.Errorf("%s exited during the measurements; log %s", c.Impl, d.proc.LogPath)
+	}
+	if last {
+		// A restart: the rules (and svcproxy's IPAM state) are still there.
+		if err := d.proc.Stop(ctx, 30*time.Second); err != nil {
+			return wall, err
+		}
+		t0 := time.Now()
+		p, err := d.start(ctx)
+		if err != nil {
+			return wall, fmt.Errorf("restart: %w", err)
+		}
+		d.proc = p
+		cold, rwall, err := r.waitReady(ctx, d, t0, c)
+		if err != nil {
+			return wall, fmt.Errorf("restart: %w", err)
+		}
+		res.RestartMetric = append(res.RestartMetric, cold)
+		res.RestartWall = append(res.RestartWall, rwall.Seconds())
+		r.log.Info("ready after restart", "case", c.ID(), "fullSync", stats.Seconds(cold), "wall", rwall.Round(time.Millisecond))
 	}
 	return wall, nil
 }

@@ -33,7 +33,10 @@ type Options struct {
 	// WorkDir holds logs and scratch files; removed at the end unless Keep.
 	WorkDir string
 	Keep    bool
-	Logger  *slog.Logger
+	Logger  *slog.Logger `json:"-"`
+	// PerfDir, when set, records a CPU profile of each svcproxy daemon with perf(1) (attached
+	// by PID from start to the end of the repetition) into this directory.
+	PerfDir string
 	// Only, when set, runs only the cases whose ID contains it (for a quick look).
 	Only string
 	// Data-path probe shape.
@@ -92,9 +95,13 @@ type Result struct {
 	ChangeWall   []float64 // file write / API update until the new endpoint answers (s)
 	ChangeMetric []float64 // the sync that applied it, from the daemon's histogram (s)
 	ChangeKind   string    // partial | full
-	Data         *DataResult
-	Errors       []string
-	Elapsed      time.Duration
+	// RestartWall and RestartMetric: the daemon stopped (SIGTERM) and started again with its
+	// rules and state in place, start to ready and its first full sync.
+	RestartWall   []float64
+	RestartMetric []float64
+	Data          *DataResult
+	Errors        []string
+	Elapsed       time.Duration
 }
 
 // DataResult holds the data-path rounds.

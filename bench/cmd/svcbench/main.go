@@ -3,6 +3,7 @@
 // benchmark starts inside network namespaces:
 //
 //	svcbench run [--profile quick|full] [--out docs/benchmarks.md] --svcproxy BIN --kube-bin-dir DIR
+//	svcbench report --json .cache/bench-quick.json --header bench/header.md --out docs/benchmarks.md
 //	svcbench serve --name NAME --line :8080 --sink :9090   # in each pod
 //	svcbench load --addr IP:PORT --workers N --duration D --max N   # new-connection rate, JSON
 //	svcbench stream --addr IP:PORT --duration D                       # one stream's throughput, JSON
@@ -31,7 +32,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: svcbench run|serve|load|stream|watch [flags]")
+		fmt.Fprintln(os.Stderr, "usage: svcbench run|report|serve|load|stream|watch [flags]")
 		os.Exit(1)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -40,6 +41,8 @@ func main() {
 	switch os.Args[1] {
 	case "run":
 		err = run(ctx, os.Args[2:])
+	case "report":
+		err = report(os.Args[2:])
 	case "serve":
 		err = serve(ctx, os.Args[2:])
 	case "load":
@@ -142,6 +145,7 @@ func run(ctx context.Context, args []string) error {
 	keep := fs.Bool("keep", false, "keep the work directory (logs) after the run")
 	header := fs.String("header", "", "a markdown file to put before the generated part of the report")
 	command := fs.String("command", "", "the command that started the run, for the report")
+	perfDir := fs.String("perf", "", "record a perf(1) CPU profile of each svcproxy daemon into this directory")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -183,7 +187,7 @@ func run(ctx context.Context, args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	opts := runner.Options{
 		Profile: *profile, Svcproxy: sp, Self: self, KubeBinDir: *kubeBin, WorkDir: work, Keep: *keep, Logger: log,
-		Workers: 4, RoundTime: 2 * time.Second, Rounds: 5, StreamTime: 2 * time.Second, StreamRounds: 3, Changes: 6,
+		PerfDir: *perfDir, Workers: 4, RoundTime: 2 * time.Second, Rounds: 5, StreamTime: 2 * time.Second, StreamRounds: 3, Changes: 6,
 	}
 	if *profile == "full" {
 		opts.RoundTime, opts.StreamTime, opts.StreamRounds, opts.Changes = 3*time.Second, 3*time.Second, 5, 10
@@ -193,8 +197,9 @@ func run(ctx context.Context, args []string) error {
 	if *keep {
 		log.Info("work directory kept", "dir", work)
 	}
+	in := runner.ReportInput{Options: opts, Results: results, Command: *command, Took: time.Since(start), Finished: time.Now()}
 	if *jsonOut != "" {
-		b, _ := json.MarshalIndent(results, "", "  ")
+		b, _ := json.MarshalIndent(in, "", "  ")
 		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
 			return err
 		}
@@ -202,19 +207,45 @@ func run(ctx context.Context, args []string) error {
 	if runErr != nil {
 		return fmt.Errorf("run interrupted, report not written: %w", runErr)
 	}
-	var head []byte
-	if *header != "" {
-		if head, err = os.ReadFile(*header); err != nil {
-			return err
-		}
-	}
-	md, err := runner.Report(runner.ReportInput{Header: string(head), Options: opts, Results: results, Command: *command, Took: time.Since(start)})
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(*out, []byte(md), 0o644); err != nil {
+	if err := writeReport(in, *header, *out); err != nil {
 		return err
 	}
 	log.Info("report written", "file", *out, "took", time.Since(start).Round(time.Second))
 	return nil
+}
+
+func writeReport(in runner.ReportInput, header, out string) error {
+	if header != "" {
+		head, err := os.ReadFile(header)
+		if err != nil {
+			return err
+		}
+		in.Header = string(head)
+	}
+	md, err := runner.Report(in)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(out, []byte(md), 0o644)
+}
+
+// report renders a report again from the JSON a run saved (to change the header or the
+// layout without measuring again).
+func report(args []string) error {
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	jsonIn := fs.String("json", "", "results saved by run --json")
+	out := fs.String("out", "docs/benchmarks.md", "report to write")
+	header := fs.String("header", "", "markdown to put before the generated part")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(*jsonIn)
+	if err != nil {
+		return err
+	}
+	var in runner.ReportInput
+	if err := json.Unmarshal(b, &in); err != nil {
+		return fmt.Errorf("%s: %w", *jsonIn, err)
+	}
+	return writeReport(in, *header, *out)
 }
