@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -29,14 +31,36 @@ func testMain(m *testing.M) int {
 		// Every test calls RequireRoot, which skips or (with $CI) fails.
 		return m.Run()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
 	dir, err := os.MkdirTemp("", "svcproxy-netns-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	// Ctrl-C or a kill: remove this run's namespaces, cgroups and mounts before dying (the
+	// processes started by the harness die with the test binary through Pdeathsig).
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
+		defer scancel()
+		// Tests still running may be building sandboxes: forbid new ones, give those in
+		// flight a moment to notice and give up, then sweep (twice, for stragglers).
+		marker := StopMarker(RunPrefix())
+		os.WriteFile(marker, nil, 0o600)
+		time.Sleep(300 * time.Millisecond)
+		for i := 0; i < 2; i++ {
+			removed, err := SweepRun(sctx, RunPrefix())
+			fmt.Fprintf(os.Stderr, "%v: swept %v (err %v)\n", sig, removed, err)
+			time.Sleep(200 * time.Millisecond)
+		}
+		os.Remove(marker)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
 	ps, err := BuildPodServer(ctx, dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -48,6 +72,8 @@ func testMain(m *testing.M) int {
 		return BuildSvcproxy(ctx, dir)
 	})}
 	code := m.Run()
+	signal.Stop(sigs)
+	defer os.Remove(StopMarker(RunPrefix()))
 	// Whatever a crashed or interrupted test of this process left behind.
 	sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
 	defer scancel()

@@ -77,7 +77,7 @@ type Options struct {
 	// the sandbox run inside it (a BPF socket-LB backend attaches there).
 	Cgroup bool
 	// BPFFS mounts a bpffs instance of the sandbox's own (in the host mount namespace, under
-	// Dir) where an eBPF backend pins its maps and links; Close unmounts it.
+	// RunDir) where an eBPF backend pins its maps and links; Close unmounts it.
 	BPFFS bool
 	// Dir holds logs, configs and state; a fresh temp dir when empty.
 	Dir string
@@ -135,8 +135,23 @@ func RunPrefix() string {
 	return fmt.Sprintf("%s%s%s-", NamePrefix, strconv.FormatInt(int64(os.Getpid()), 36), strconv.FormatUint(st, 36))
 }
 
+// StopMarker is a file whose existence makes New refuse to build sandboxes for the run
+// prefix (RunPrefix()): a test binary being interrupted creates it before it sweeps, so tests
+// still running cannot build new namespaces behind the sweep's back.
+func StopMarker(prefix string) string { return filepath.Join(os.TempDir(), prefix+"stopping") }
+
+func stopping() error {
+	if _, err := os.Stat(StopMarker(RunPrefix())); err == nil {
+		return errors.New("netns: this test process is shutting down; no new sandbox")
+	}
+	return nil
+}
+
 // New builds a sandbox. On error everything already made is removed again.
 func New(ctx context.Context, opts Options) (_ *Sandbox, err error) {
+	if err := stopping(); err != nil {
+		return nil, err
+	}
 	var rnd [3]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, fmt.Errorf("netns: random name: %w", err)
@@ -170,7 +185,7 @@ func New(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		}
 	}
 	if opts.BPFFS {
-		dir := filepath.Join(s.Dir, "bpffs")
+		dir := filepath.Join(s.RunDir, "bpffs")
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("netns: bpffs dir: %w", err)
 		}
@@ -218,6 +233,9 @@ func New(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 }
 
 func (s *Sandbox) addNamespace(ctx context.Context, role string) (*Namespace, error) {
+	if err := stopping(); err != nil {
+		return nil, err
+	}
 	name := s.ID + "-" + role
 	if _, err := run(ctx, "ip", "netns", "add", name); err != nil {
 		return nil, fmt.Errorf("netns: create namespace: %w", err)
@@ -366,7 +384,9 @@ func (s *Sandbox) Close() error {
 		}
 	}
 	if s.RunDir != "" {
-		if err := os.RemoveAll(s.RunDir); err != nil {
+		if m := mountsUnder(s.RunDir); len(m) > 0 {
+			errs = append(errs, fmt.Errorf("netns: %s still has mounts %v, kept", s.RunDir, m))
+		} else if err := os.RemoveAll(s.RunDir); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -420,8 +440,21 @@ func SweepRun(ctx context.Context, prefix string) ([]string, error) {
 			}
 		}
 	}
+	// The stop marker is not removed here: a sweep during shutdown needs it in place.
 	runDirs, _ := filepath.Glob(filepath.Join(os.TempDir(), prefix+"*.run"))
 	for _, d := range runDirs {
+		// A bpffs still mounted inside goes first (never delete through a mount).
+		for _, m := range mountsUnder(d) {
+			if _, err := run(ctx, "umount", "-l", m); err != nil {
+				errs = append(errs, err)
+			} else {
+				removed = append(removed, "mount "+m)
+			}
+		}
+		if len(mountsUnder(d)) > 0 {
+			errs = append(errs, fmt.Errorf("netns: SweepRun: %s still has mounts, kept", d))
+			continue
+		}
 		if err := os.RemoveAll(d); err != nil {
 			errs = append(errs, err)
 		} else {
@@ -441,6 +474,21 @@ func SweepRun(ctx context.Context, prefix string) ([]string, error) {
 		}
 	}
 	return removed, errors.Join(errs...)
+}
+
+// mountsUnder lists mount points at or below dir.
+func mountsUnder(dir string) []string {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && (f[1] == dir || strings.HasPrefix(f[1], dir+"/")) {
+			out = append(out, f[1])
+		}
+	}
+	return out
 }
 
 func run(ctx context.Context, name string, args ...string) ([]byte, error) {
