@@ -38,6 +38,8 @@ const (
 	localNodePort = 30081
 
 	readyTimeout  = 60 * time.Second
+	// minSyncPeriod is svcproxy's default least time between two syncs.
+	minSyncPeriod = time.Second
 	reloadTimeout = 15 * time.Second
 	// spreadConns connections over spreadPods pods, each pod must get at least
 	// spreadMinShare of them.
@@ -201,6 +203,13 @@ var scenarios = []scenario{
 		if err != nil {
 			e.t.Fatal(err)
 		}
+		// The daemon keeps a minimum interval (minSyncPeriod, 1 s) between syncs, so a change
+		// right after a sync may wait for it. Measure the ordinary case, an edit to an idle
+		// daemon: wait until the last sync is more than minSyncPeriod old.
+		if before.LastSync.IsZero() {
+			e.t.Fatalf("status shows no last sync: %+v", before)
+		}
+		time.Sleep(time.Until(before.LastSync.Add(minSyncPeriod + 100*time.Millisecond)))
 		if err := e.d.WriteConfig(e.config(e.withWeb(e.a, e.b))); err != nil {
 			e.t.Fatal(err)
 		}
