@@ -37,7 +37,7 @@ const (
 	npPort        = 30080
 	localNodePort = 30081
 
-	readyTimeout  = 60 * time.Second
+	readyTimeout = 60 * time.Second
 	// minSyncPeriod is svcproxy's default least time between two syncs.
 	minSyncPeriod = time.Second
 	reloadTimeout = 15 * time.Second
