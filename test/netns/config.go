@@ -45,6 +45,7 @@ type Service struct {
 	ClusterIP                     string         `yaml:"clusterIP,omitempty"`
 	ExternalIPs                   []string       `yaml:"externalIPs,omitempty"`
 	LoadBalancerIPs               []string       `yaml:"loadBalancerIPs,omitempty"`
+	LoadBalancerSourceRanges      []string       `yaml:"loadBalancerSourceRanges,omitempty"`
 	SessionAffinity               string         `yaml:"sessionAffinity,omitempty"`
 	SessionAffinityTimeoutSeconds int            `yaml:"sessionAffinityTimeoutSeconds,omitempty"`
 	ExternalTrafficPolicy         string         `yaml:"externalTrafficPolicy,omitempty"`

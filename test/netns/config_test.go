@@ -35,6 +35,14 @@ func TestConfigsValidate(t *testing.T) {
 	if err := check("scenario.yaml", good); err != nil {
 		t.Errorf("the scenarios' config is invalid:\n%v\n%s", err, good)
 	}
+	e.extra = []Service{termService(e, EndpointSpec{IP: "10.244.1.11", NodeName: nodeName, Serving: true, Terminating: true}), lbService(e, "172.31.0.10/32")}
+	extra, err := e.config(e.services()).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := check("scenario-extra.yaml", extra); err != nil {
+		t.Errorf("the scenarios' extra services are invalid:\n%v\n%s", err, extra)
+	}
 	bad := []byte(strings.Replace(string(good), selfVIP.String(), "10.96.0.300", 1))
 	if err := check("invalid.yaml", bad); err == nil {
 		t.Errorf("the invalid-reload scenario's config passes validation")

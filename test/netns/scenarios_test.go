@@ -28,6 +28,11 @@ var (
 	extVIP    = netip.MustParseAddr("10.96.0.60")
 	// externalIP is outside every range the node owns; the external client routes it via the node.
 	externalIP = netip.MustParseAddr("172.31.0.200")
+	termVIP    = netip.MustParseAddr("10.96.0.70")
+	itpVIP     = netip.MustParseAddr("10.96.0.71")
+	lbVIP      = netip.MustParseAddr("10.96.0.72")
+	// lbIP is the load-balancer IP, routed via the node by the external client.
+	lbIP = netip.MustParseAddr("172.31.0.201")
 )
 
 const (
@@ -67,13 +72,15 @@ type env struct {
 	client *Pod
 	// snapshots a scenario took (before hooks record the untouched node here).
 	snapshots []Snapshot
+	// extra services a scenario's before hook adds to the daemon's initial set.
+	extra []Service
 }
 
 // services is the daemon's initial set.
 func (e *env) services() []Service {
 	all := ReadyEndpoints(nodeName, e.a, e.b, e.c)
 	tcp := []ServicePort{{Name: "http", Protocol: "TCP", Port: webPort, TargetPort: 8080}}
-	return []Service{
+	return append([]Service{
 		{Name: "web", ClusterIP: webVIP.String(), Ports: tcp, Endpoints: all},
 		{Name: "dns", ClusterIP: dnsVIP.String(), Ports: []ServicePort{{Name: "dns", Protocol: "UDP", Port: dnsPort, TargetPort: 5353}}, Endpoints: all},
 		{Name: "empty", ClusterIP: emptyVIP.String(), Ports: []ServicePort{
@@ -86,7 +93,18 @@ func (e *env) services() []Service {
 		{Name: "np-local", Type: "NodePort", ClusterIP: localVIP.String(), ExternalTrafficPolicy: "Local",
 			Ports: []ServicePort{{Name: "http", Protocol: "TCP", Port: webPort, TargetPort: 8080, NodePort: localNodePort}}, Endpoints: all},
 		{Name: "ext", ClusterIP: extVIP.String(), ExternalIPs: []string{externalIP.String()}, Ports: tcp, Endpoints: all},
+	}, e.extra...)
+}
+
+// replaceService returns svcs with the service named like s replaced by s.
+func replaceService(svcs []Service, s Service) []Service {
+	out := append([]Service(nil), svcs...)
+	for i := range out {
+		if out[i].Name == s.Name {
+			out[i] = s
+		}
 	}
+	return out
 }
 
 func (e *env) config(services []Service) *ProxyConfig {
@@ -455,6 +473,66 @@ var scenarios = []scenario{
 		}
 		e.requireSpread("auto VIP after restart", e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(first, webPort), Count: spreadConns}), e.a, e.b, e.c)
 	}},
+	{name: "terminating endpoints only as a fallback",
+		before: func(e *env) {
+			e.extra = []Service{termService(e, EndpointSpec{IP: e.a.IP.String(), NodeName: nodeName, Ready: true, Serving: true},
+				EndpointSpec{IP: e.b.IP.String(), NodeName: nodeName, Serving: true, Terminating: true})}
+		},
+		run: func(e *env) {
+			addr := netip.AddrPortFrom(termVIP, webPort)
+			// A ready endpoint exists: the terminating one gets no new connection.
+			res := e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: addr, Count: 100})
+			e.requireAll("ready pod-a + terminating pod-b", res, 100, e.a)
+			// Only the serving, terminating one is left: it is used rather than dropping traffic.
+			svcs := replaceService(e.services(), termService(e, EndpointSpec{IP: e.b.IP.String(), NodeName: nodeName, Serving: true, Terminating: true}))
+			if _, err := e.d.Reload(e.ctx, e.config(svcs), reloadTimeout); err != nil {
+				e.t.Fatal(err)
+			}
+			res = e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: addr, Count: 100})
+			e.requireAll("only terminating pod-b", res, 100, e.b)
+			// Not serving either: no usable endpoint, so refused.
+			svcs = replaceService(e.services(), termService(e, EndpointSpec{IP: e.b.IP.String(), NodeName: nodeName, Terminating: true}))
+			if _, err := e.d.Reload(e.ctx, e.config(svcs), reloadTimeout); err != nil {
+				e.t.Fatal(err)
+			}
+			res = e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: addr, Count: 10, Timeout: 3 * time.Second})
+			if res.Refused != 10 {
+				e.t.Errorf("terminating, not serving pod-b only: want all 10 refused, got %v", res)
+			}
+		}},
+	{name: "internalTrafficPolicy Local uses node-local endpoints",
+		before: func(e *env) {
+			// pod-c is declared on another node: with internalTrafficPolicy Local, traffic from
+			// this node must not go to it.
+			e.extra = []Service{{Name: "itp", ClusterIP: itpVIP.String(), InternalTrafficPolicy: "Local",
+				Ports:     []ServicePort{{Name: "http", Protocol: "TCP", Port: webPort, TargetPort: 8080}},
+				Endpoints: append(ReadyEndpoints(nodeName, e.a, e.b), ReadyEndpoints("node2", e.c)...)}}
+		},
+		run: func(e *env) {
+			res := e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(itpVIP, webPort), Count: spreadConns})
+			e.requireSpread("client pod -> itp VIP (internalTrafficPolicy Local)", res, e.a, e.b)
+		}},
+	{name: "loadBalancerSourceRanges filter clients",
+		before: func(e *env) {
+			if err := e.s.RouteVia(e.ctx, netip.PrefixFrom(lbIP, 32)); err != nil {
+				e.t.Fatal(err)
+			}
+			e.extra = []Service{lbService(e, ExternalClientIP.String()+"/32")}
+		},
+		run: func(e *env) {
+			addr := netip.AddrPortFrom(lbIP, webPort)
+			res := e.probe(e.s.External, ProbeSpec{Proto: TCP, Addr: addr, Count: spreadConns})
+			e.requireSpread("external (allowed) -> load-balancer IP", res, e.a, e.b, e.c)
+			// The client's address is no longer in the allowed ranges: it must not get through.
+			svcs := replaceService(e.services(), lbService(e, "192.0.2.0/24"))
+			if _, err := e.d.Reload(e.ctx, e.config(svcs), reloadTimeout); err != nil {
+				e.t.Fatal(err)
+			}
+			res = e.probe(e.s.External, ProbeSpec{Proto: TCP, Addr: addr, Count: 5, Timeout: time.Second})
+			if res.OK() != 0 {
+				e.t.Errorf("external client outside loadBalancerSourceRanges reached the service: %v", res)
+			}
+		}},
 	{name: "UDP through the VIP", run: func(e *env) {
 		res := e.probe(&e.client.Namespace, ProbeSpec{Proto: UDP, Addr: netip.AddrPortFrom(dnsVIP, dnsPort), Count: spreadConns})
 		e.requireSpread("client pod -> dns VIP (UDP)", res, e.a, e.b, e.c)
@@ -509,6 +587,18 @@ var scenarios = []scenario{
 			res := e.probe(e.s.External, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(externalIP, webPort), Count: spreadConns})
 			e.requireSpread("external -> externalIP:80", res, e.a, e.b, e.c)
 		}},
+}
+
+func termService(e *env, eps ...EndpointSpec) Service {
+	return Service{Name: "term", ClusterIP: termVIP.String(),
+		Ports: []ServicePort{{Name: "http", Protocol: "TCP", Port: webPort, TargetPort: 8080}}, Endpoints: eps}
+}
+
+func lbService(e *env, sourceRange string) Service {
+	return Service{Name: "lb", Type: "LoadBalancer", ClusterIP: lbVIP.String(), LoadBalancerIPs: []string{lbIP.String()},
+		LoadBalancerSourceRanges: []string{sourceRange},
+		Ports:                    []ServicePort{{Name: "http", Protocol: "TCP", Port: webPort, TargetPort: 8080}},
+		Endpoints:                ReadyEndpoints(nodeName, e.a, e.b, e.c)}
 }
 
 // stopAndRestart stops the daemon with sig, checks traffic still flows with no daemon, then
