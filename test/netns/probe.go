@@ -66,6 +66,9 @@ type ProbeSpec struct {
 	Parallel int
 	// Source binds the client socket to this local address when valid.
 	Source netip.Addr
+	// SourcePort binds every datagram's socket to this local port (UDP with Parallel 1 only),
+	// so all of them share one 5-tuple, hence one conntrack entry.
+	SourcePort uint16
 	// Path is the HTTP path to GET (Proto HTTP only); "/" when empty.
 	Path string
 	// MaxFailures, when > 0, stops starting new connections once that many failed (the rest
@@ -183,6 +186,9 @@ func (s *Sandbox) Probe(ctx context.Context, ns *Namespace, spec ProbeSpec) (Pro
 		"--parallel", strconv.Itoa(spec.Parallel)}
 	if spec.Path != "" {
 		argv = append(argv, "--path", spec.Path)
+	}
+	if spec.SourcePort != 0 {
+		argv = append(argv, "--source-port", strconv.Itoa(int(spec.SourcePort)))
 	}
 	if spec.MaxFailures > 0 {
 		argv = append(argv, "--max-failures", strconv.Itoa(spec.MaxFailures))

@@ -539,6 +539,45 @@ var scenarios = []scenario{
 		res = e.probe(e.s.Node, ProbeSpec{Proto: UDP, Addr: netip.AddrPortFrom(dnsVIP, dnsPort), Count: spreadConns})
 		e.requireSpread("node -> dns VIP (UDP)", res, e.a, e.b, e.c)
 	}},
+	{name: "UDP flow leaves a removed endpoint", run: func(e *env) {
+		// Datagrams from one source port share a 5-tuple, so a conntrack-based data path sends
+		// them all to the endpoint it picked first. When that endpoint is removed (its server
+		// still runs, as a pod being deleted may), the flow must move: kube-proxy deletes the
+		// stale UDP conntrack entries, else the flow keeps reaching the removed pod. (A
+		// socket-level data path picks per socket, and the probe opens one per datagram, so
+		// there the datagrams may spread; the check after the removal holds for both.)
+		dns := netip.AddrPortFrom(dnsVIP, dnsPort)
+		flow := ProbeSpec{Proto: UDP, Addr: dns, Count: 5, Parallel: 1, SourcePort: 40053}
+		res := e.probe(&e.client.Namespace, flow)
+		if res.Failed() != 0 {
+			e.t.Fatalf("UDP flow before the removal: %v", res)
+		}
+		e.t.Logf("flow before the removal: %v", res)
+		// Remove the endpoint that got the most of the flow.
+		var removed *Pod
+		var rest []*Pod
+		for _, p := range []*Pod{e.a, e.b, e.c} {
+			if removed == nil || res.Replies[p.PodName] > res.Replies[removed.PodName] {
+				removed = p
+			}
+		}
+		for _, p := range []*Pod{e.a, e.b, e.c} {
+			if p != removed {
+				rest = append(rest, p)
+			}
+		}
+		svcs := e.services()
+		for i := range svcs {
+			if svcs[i].Name == "dns" {
+				svcs[i].Endpoints = ReadyEndpoints(nodeName, rest...)
+			}
+		}
+		if _, err := e.d.Reload(e.ctx, e.config(svcs), reloadTimeout); err != nil {
+			e.t.Fatal(err)
+		}
+		res = e.probe(&e.client.Namespace, flow)
+		e.requireAll(fmt.Sprintf("the same UDP flow after %s was removed", removed.PodName), res, flow.Count, rest...)
+	}},
 	{name: "NodePort from the external client", run: func(e *env) {
 		res := e.probe(e.s.External, ProbeSpec{Proto: TCP, Addr: netip.AddrPortFrom(NodeUnderlayIP, npPort), Count: spreadConns})
 		e.requireSpread("external -> node:30080", res, e.a, e.b, e.c)

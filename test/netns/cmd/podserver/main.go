@@ -197,6 +197,7 @@ func probe(args []string) error {
 	source := fs.String("source", "", "local IP to bind (optional)")
 	path := fs.String("path", "/", "HTTP path to GET (--proto http)")
 	maxFail := fs.Int("max-failures", 0, "start no new connection after this many failed (0: no limit)")
+	sourcePort := fs.Int("source-port", 0, "local port to bind (UDP only; every datagram then has the same 5-tuple)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -205,6 +206,9 @@ func probe(args []string) error {
 	}
 	if *proto != "tcp" && *proto != "udp" && *proto != "http" {
 		return fmt.Errorf("probe: --proto %q: want tcp, udp or http", *proto)
+	}
+	if *sourcePort != 0 && (*proto != "udp" || *parallel != 1) {
+		return errors.New("probe: --source-port needs --proto udp and --parallel 1")
 	}
 	res := Result{Replies: map[string]int{}, Peers: map[string]int{}, Errors: map[string]int{}}
 	seq := make([]string, *count)
@@ -226,7 +230,7 @@ func probe(args []string) error {
 				if skip {
 					continue
 				}
-				line, err := once(*proto, *addr, *path, *source, *timeout)
+				line, err := once(*proto, *addr, *path, *source, *sourcePort, *timeout)
 				mu.Lock()
 				seq[i] = record(&res, line, err)
 				if err != nil {
@@ -284,7 +288,7 @@ func isTimeout(err error) bool {
 }
 
 // once makes one connection and returns the server's line.
-func once(proto, addr, path, source string, timeout time.Duration) (string, error) {
+func once(proto, addr, path, source string, sourcePort int, timeout time.Duration) (string, error) {
 	deadline := time.Now().Add(timeout)
 	d := net.Dialer{Deadline: deadline}
 	switch proto {
@@ -325,8 +329,8 @@ func once(proto, addr, path, source string, timeout time.Duration) (string, erro
 		}
 		return line, nil
 	default: // udp
-		if source != "" {
-			d.LocalAddr = &net.UDPAddr{IP: net.ParseIP(source)}
+		if source != "" || sourcePort != 0 {
+			d.LocalAddr = &net.UDPAddr{IP: net.ParseIP(source), Port: sourcePort}
 		}
 		c, err := d.Dial("udp", addr)
 		if err != nil {
