@@ -408,19 +408,27 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 		filterIn = withLines(filterIn, missingJumps("filter", kern["filter"]))
 		natIn = withLines(natIn, missingJumps("nat", kern["nat"]))
 	}
-	if err := b.restore(ctx, "filter", filterIn); err != nil {
-		return res, err
+	if filterIn != nil {
+		if err := b.restore(ctx, "filter", filterIn); err != nil {
+			return res, err
+		}
 	}
 	for i, c := range plan.NATChunks {
 		if err := b.restore(ctx, "nat", c); err != nil {
 			// Earlier chunks are in (whole services each); the dispatch chains are not.
-			b.rollbackFilter(ctx)
+			if filterIn != nil {
+				b.rollbackFilter(ctx)
+			}
 			return res, fmt.Errorf("chunk %d of %d: %w", i+1, len(plan.NATChunks), err)
 		}
 	}
-	if err := b.restore(ctx, "nat", natIn); err != nil {
-		b.rollbackFilter(ctx)
-		return res, err
+	if natIn != nil {
+		if err := b.restore(ctx, "nat", natIn); err != nil {
+			if filterIn != nil {
+				b.rollbackFilter(ctx)
+			}
+			return res, err
+		}
 	}
 	restored := time.Now()
 	if plan.Full && kern == nil {
@@ -432,7 +440,9 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 	jumped := time.Now()
 	b.needFull, b.readKern = false, false
 	b.written = plan.Written
-	b.lastFilter = plan.Filter
+	if plan.Filter != nil {
+		b.lastFilter = plan.Filter
+	}
 	prevState := b.lastState
 	b.lastState = st
 	b.log.Debug("iptables sync", "full", plan.Full, "services", plan.ServicesWritten, "rules", plan.Rules,
@@ -493,8 +503,10 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.needFull, b.readKern, b.written, b.lastState, b.lastFilter = true, true, nil, nil, nil
-	// One restore per table deletes the jump rules (as iptables-save spells them) and then
-	// flushes and deletes every SVCPROXY- chain.
+	// Per table: one restore deletes the jump rules (as iptables-save spells them) and flushes
+	// and deletes every SVCPROXY- chain. The nft flavour, whose restore time grows with the
+	// square of its input, removes the jump rules first, then flushes all chains and deletes
+	// them in chunks (a chain can go once nothing refers to it).
 	var errs []error
 	for _, t := range []string{"filter", "nat"} {
 		k, err := b.kernelState(ctx, t)
@@ -502,25 +514,51 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
-		var decl, del strings.Builder
-		for _, l := range k.jumps {
-			del.WriteString("-D" + strings.TrimPrefix(l, "-A") + "\n")
-		}
+		var ours []string
 		for _, c := range k.chains {
 			if strings.HasPrefix(c, ChainPrefix) {
-				decl.WriteString(":" + c + " - [0:0]\n")
+				ours = append(ours, c)
 			}
 		}
-		for _, c := range k.chains {
-			if strings.HasPrefix(c, ChainPrefix) {
+		var jumps strings.Builder
+		for _, l := range k.jumps {
+			jumps.WriteString("-D" + strings.TrimPrefix(l, "-A") + "\n")
+		}
+		chunk := b.planner.cfg.ChunkRules
+		if chunk <= 0 || len(ours) <= chunk {
+			var decl, del strings.Builder
+			for _, c := range ours {
+				decl.WriteString(":" + c + " - [0:0]\n")
 				del.WriteString("-X " + c + "\n")
 			}
-		}
-		if decl.Len() == 0 && del.Len() == 0 {
+			if decl.Len()+jumps.Len() == 0 {
+				continue
+			}
+			if err := b.restore(ctx, t, []byte("*"+t+"\n"+decl.String()+jumps.String()+del.String()+"COMMIT\n")); err != nil {
+				errs = append(errs, err)
+			}
 			continue
 		}
-		if err := b.restore(ctx, t, []byte("*"+t+"\n"+decl.String()+del.String()+"COMMIT\n")); err != nil {
-			errs = append(errs, err)
+		inputs := []string{"*" + t + "\n" + jumps.String() + "COMMIT\n"}
+		for _, line := range []func(string) string{
+			func(c string) string { return ":" + c + " - [0:0]\n" },
+			func(c string) string { return "-X " + c + "\n" },
+		} {
+			for i := 0; i < len(ours); i += chunk {
+				var sb strings.Builder
+				sb.WriteString("*" + t + "\n")
+				for _, c := range ours[i:min(i+chunk, len(ours))] {
+					sb.WriteString(line(c))
+				}
+				sb.WriteString("COMMIT\n")
+				inputs = append(inputs, sb.String())
+			}
+		}
+		for _, in := range inputs {
+			if err := b.restore(ctx, t, []byte(in)); err != nil {
+				errs = append(errs, err)
+				break
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -165,6 +165,17 @@ func TestPartialSyncEqualsFullSync(t *testing.T) {
 		if strings.Contains(string(p.NAT), ChainCanary) {
 			t.Fatalf("step %d: a partial sync recreates the canary", i)
 		}
+		// Step 0 (an endpoint left, the service keeps endpoints) and the last step (nothing
+		// changed) leave the dispatch chains as they are, so they are not written.
+		if i == 0 && (strings.Contains(string(p.NAT), ":"+ChainServices) || p.Filter != nil || p.NAT == nil) {
+			t.Fatalf("step %d: endpoint change rewrote the dispatch chains or wrote nothing:\n%s%s", i, p.NAT, p.Filter)
+		}
+		if i == len(mutations())-1 && (p.NAT != nil || p.Filter != nil || p.Rules != 0) {
+			t.Fatalf("step %d: nothing changed but the plan writes %d rules:\n%s%s", i, p.Rules, p.NAT, p.Filter)
+		}
+		if i == 1 && !strings.Contains(string(p.NAT), ":"+ChainServices) {
+			t.Fatalf("step %d: a removed service must be removed from the dispatch chain", i)
+		}
 		apply(t, rs, p)
 		if got, want := rs.Dump(), fresh(t, next); got != want {
 			t.Fatalf("step %d: after partial sync the ruleset differs from a full sync:\n--- partial\n%s\n--- full\n%s", i, got, want)

@@ -1,6 +1,8 @@
 package iptables
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -69,7 +71,9 @@ func (c Config) withDefaults() Config {
 // service (nat table) and chains found in the kernel that no service owns. A Plan returns the
 // Written that holds once its restore input has been applied.
 type Written struct {
-	services map[model.ServiceKey][]string
+	// natSum and filterSum identify the content of the dispatch and helper chains written.
+	natSum, filterSum [32]byte
+	services          map[model.ServiceKey][]string
 	// orphans are SVCPROXY- chains present in the kernel (per table) that the next full sync
 	// deletes unless it writes them.
 	orphans map[string][]string
@@ -114,7 +118,8 @@ func (w *Written) Chains() []string {
 // Plan is the result of planning one sync: the input of `iptables-restore --noflush` for each
 // table, and what holds once both are applied.
 type Plan struct {
-	// NAT and Filter are complete iptables-restore inputs (from "*table" to "COMMIT").
+	// NAT and Filter are complete iptables-restore inputs (from "*table" to "COMMIT"), or nil
+	// when a partial plan has nothing to write to that table.
 	NAT, Filter []byte
 	// NATChunks, when not empty, are applied in order before NAT: the first holds the
 	// helper chains service chains jump to (SVCPROXY-MARK-MASQ, SVCPROXY-MASQ-NONPOD), the
@@ -307,7 +312,7 @@ func (pl *Planner) planPort(st *model.State, s *model.Service, p *model.ServiceP
 // rules, per-service chain rules.
 type tableText struct {
 	decl, svcDecl, delDecl, del, rules, chains writer
-	nrules, nchain                             int
+	nrules, nchain, ndispatch                  int
 }
 
 func (t *tableText) declare(chain string) { declareIn(&t.decl, chain) }
@@ -329,6 +334,7 @@ func declareIn(w *writer, chain string) {
 
 func (t *tableText) rule(chain string) *writer {
 	t.nrules++
+	t.ndispatch++
 	t.rules.s("-A ")
 	t.rules.s(chain)
 	return &t.rules
@@ -595,6 +601,7 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 	// NodePortAddresses), never on loopback.
 	nat.rules.b = append(nat.rules.b, nodePortRules.b...)
 	nat.nrules += nodePortCount
+	nat.ndispatch += nodePortCount
 	var npAddrs []netip.Prefix
 	for _, p := range st.NodePortAddresses {
 		if c.Family.has(p.Addr()) {
@@ -682,17 +689,44 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 	if full {
 		pl.names.sweep()
 	}
+	// The dispatch and helper chains are identified by a digest of their rules. A partial plan
+	// leaves them out when they are what the previous plan wrote: then an endpoint change
+	// writes only the chains of its service.
+	sum := sha256.New()
+	sum.Write(helpers.decl.b)
+	sum.Write(helpers.rules.b)
+	sum.Write([]byte{0})
+	sum.Write(nat.rules.b)
+	sum.Sum(next.natSum[:0])
+	next.filterSum = sha256.Sum256(filter.rules.b)
+	natSame := !full && prev.natSum == next.natSum
+	filterSame := !full && prev.filterSum == next.filterSum && len(filter.del.b) == 0
+	if natSame {
+		nat.decl.b, nat.rules.b = nil, nil
+		helpers.decl.b, helpers.rules.b = nil, nil
+		nat.nrules -= nat.ndispatch
+		helpers.nrules = 0
+	}
 	if len(plan.NATChunks) > 0 {
 		if nat.nchain > 0 {
 			plan.NATChunks = append(plan.NATChunks, nat.cut("nat"))
 		}
-		plan.NATChunks = append([][]byte{assemble("nat", helpers.decl.b, helpers.rules.b)}, plan.NATChunks...)
+		if !natSame {
+			plan.NATChunks = append([][]byte{assemble("nat", helpers.decl.b, helpers.rules.b)}, plan.NATChunks...)
+		}
 		plan.NAT = assemble("nat", nat.decl.b, nat.delDecl.b, nat.del.b, nat.rules.b)
 	} else {
 		plan.NAT = assemble("nat", nat.decl.b, helpers.decl.b, nat.svcDecl.b, nat.delDecl.b, nat.del.b,
 			helpers.rules.b, nat.rules.b, nat.chains.b)
 	}
-	plan.Filter = filter.bytes("filter")
+	if filterSame {
+		filter.nrules = 0
+	} else {
+		plan.Filter = filter.bytes("filter")
+	}
+	if bytes.Equal(plan.NAT, []byte("*nat\nCOMMIT\n")) {
+		plan.NAT = nil
+	}
 	plan.Rules = nat.nrules + helpers.nrules + filter.nrules
 	plan.Written = next
 	return plan
