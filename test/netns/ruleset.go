@@ -131,21 +131,35 @@ func (a Snapshot) Diff(b Snapshot) string {
 		}
 		fmt.Fprintf(&out, "== %s differs\n", k)
 		av, bv := lineSet(a[k]), lineSet(b[k])
+		changed := false
 		for _, l := range strings.Split(a[k], "\n") {
 			if l != "" && !bv[l] {
 				fmt.Fprintf(&out, "- %s\n", l)
+				changed = true
 			}
 		}
 		for _, l := range strings.Split(b[k], "\n") {
 			if l != "" && !av[l] {
 				fmt.Fprintf(&out, "+ %s\n", l)
+				changed = true
 			}
 		}
-		if strings.HasSuffix(out.String(), "differs\n") {
-			fmt.Fprintf(&out, "  (same lines, different order)\n")
+		if !changed {
+			fmt.Fprintf(&out, "  (same lines, different order or count)\n")
+		}
+		// Short sections in full, for context (which table, which chain).
+		if strings.Count(a[k], "\n") < 80 && strings.Count(b[k], "\n") < 80 {
+			fmt.Fprintf(&out, "  -- before:\n%s\n  -- after:\n%s\n", indent(a[k]), indent(b[k]))
 		}
 	}
 	return out.String()
+}
+
+func indent(s string) string {
+	if s == "" {
+		return "    (empty)"
+	}
+	return "    " + strings.ReplaceAll(s, "\n", "\n    ")
 }
 
 func lineSet(s string) map[string]bool {
