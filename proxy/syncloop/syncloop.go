@@ -171,7 +171,10 @@ func (l *Loop) Run(ctx context.Context) error {
 	period := time.NewTicker(l.opts.Period)
 	defer period.Stop()
 	var retry <-chan time.Time
-	var lastSync time.Time
+	// recent holds the start times of the last Burst syncs: a sync may start at once unless
+	// Burst syncs already started within MinInterval (a token bucket of Burst, refilled one
+	// per MinInterval, like kube-proxy's bounded-frequency runner).
+	recent := make([]time.Time, 0, burst)
 	for {
 		select {
 		case <-ctx.Done():
@@ -182,18 +185,24 @@ func (l *Loop) Run(ctx context.Context) error {
 			l.verify(ctx)
 		}
 		// Bounded frequency: wait out the minimum interval; kicks meanwhile coalesce.
-		if wait := lastSync.Add(l.opts.MinInterval).Sub(l.opts.Now()); !lastSync.IsZero() && wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
+		if len(recent) == burst {
+			if wait := recent[0].Add(l.opts.MinInterval).Sub(l.opts.Now()); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return ctx.Err()
+				case <-t.C:
+				}
 			}
 		}
+		began := l.opts.Now()
 		synced, err := l.syncOnce(ctx)
 		if synced {
-			lastSync = l.opts.Now()
+			if len(recent) == burst {
+				recent = append(recent[:0], recent[1:]...)
+			}
+			recent = append(recent, began)
 		}
 		retry = nil
 		if err != nil {
@@ -201,6 +210,9 @@ func (l *Loop) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// burst is how many syncs may run back to back before MinInterval applies.
+const burst = 2
 
 func (l *Loop) backoff() time.Duration {
 	l.mu.Lock()

@@ -160,3 +160,21 @@ func TestTamperingForcesFullSync(t *testing.T) {
 		t.Errorf("tampering must force a full sync: %+v", c)
 	}
 }
+
+// TestBurstThenRateLimit: two syncs may run back to back; a third waits for MinInterval.
+func TestBurstThenRateLimit(t *testing.T) {
+	b := &fakeBackend{intact: true}
+	l := start(t, b, Options{MinInterval: time.Hour, Period: time.Hour})
+	l.Update(state(1))
+	waitFor(t, "first sync", func() bool { return l.Status().AppliedGeneration == 1 })
+	l.Update(state(2))
+	waitFor(t, "second sync without waiting for MinInterval", func() bool { return l.Status().AppliedGeneration == 2 })
+	l.Update(state(3))
+	time.Sleep(50 * time.Millisecond)
+	if g := l.Status().AppliedGeneration; g != 2 {
+		t.Fatalf("a third sync within MinInterval must wait; applied generation %d", g)
+	}
+	if len(b.calls()) != 2 {
+		t.Fatalf("calls: %+v", b.calls())
+	}
+}
