@@ -697,7 +697,7 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 	sum.Write(helpers.rules.b)
 	sum.Write([]byte{0})
 	sum.Write(nat.rules.b)
-	sum.Sum(next.natSum[:0])
+	copy(next.natSum[:], sum.Sum(nil))
 	next.filterSum = sha256.Sum256(filter.rules.b)
 	natSame := !full && prev.natSum == next.natSum
 	filterSame := !full && prev.filterSum == next.filterSum && len(filter.del.b) == 0

@@ -116,6 +116,12 @@ func call(t *testing.T, ns, dst string, timeout time.Duration) (answer string, e
 // TestTrafficInNetns sends real connections through the rules: a node namespace holding the
 // rules, two pod namespaces (routed veths) and a client namespace outside the cluster.
 func TestTrafficInNetns(t *testing.T) {
+	for _, flavour := range []string{"nft", "legacy"} {
+		t.Run(flavour, func(t *testing.T) { testTraffic(t, flavour) })
+	}
+}
+
+func testTraffic(t *testing.T, flavour string) {
 	node := newNetns(t)
 	pod1, pod2, client := extraNetns(t, "svcpx-p1"), extraNetns(t, "svcpx-p2"), extraNetns(t, "svcpx-cl")
 	mustRun(t, node, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
@@ -148,7 +154,7 @@ func TestTrafficInNetns(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	b, err := New(ctx, Options{Runner: node})
+	b, err := New(ctx, Options{Runner: node, Backend: flavour})
 	if err != nil {
 		t.Fatal(err)
 	}
