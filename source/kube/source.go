@@ -174,9 +174,9 @@ func New(client kubernetes.Interface, opts Options) *Source {
 		_ = inf.SetWatchErrorHandlerWithContext(s.watchError)
 	}
 	_, _ = s.svcs.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.serviceEvent(nil, obj) },
-		UpdateFunc: func(old, obj any) { s.serviceEvent(old, obj) },
-		DeleteFunc: func(obj any) { s.serviceEvent(nil, obj) },
+		AddFunc:    func(obj any) { s.serviceEvent(nil, obj, false) },
+		UpdateFunc: func(old, obj any) { s.serviceEvent(old, obj, false) },
+		DeleteFunc: func(obj any) { s.serviceEvent(nil, obj, true) },
 	})
 	_, _ = s.slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { s.sliceEvent(nil, obj, false) },
@@ -396,7 +396,9 @@ func (s *Source) mark(f func()) {
 	}
 }
 
-func (s *Source) serviceEvent(old, obj any) {
+// serviceEvent and sliceEvent mark the service(s) an event touches, and record a new
+// trigger-time annotation (a deleted object's annotation is old news: not recorded).
+func (s *Source) serviceEvent(old, obj any, deleted bool) {
 	svc, ok := unwrap[*corev1.Service](obj)
 	if !ok {
 		return
@@ -406,7 +408,11 @@ func (s *Source) serviceEvent(old, obj any) {
 	if o, ok := unwrap[*corev1.Service](old); ok {
 		oldObj = o
 	}
-	t, hasT := newTrigger(oldObj, svc)
+	var t time.Time
+	hasT := false
+	if !deleted {
+		t, hasT = newTrigger(oldObj, svc)
+	}
 	s.mark(func() {
 		s.dirty[key] = struct{}{}
 		if hasT {

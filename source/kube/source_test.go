@@ -199,9 +199,8 @@ func TestSourceBuildsStateFromObjects(t *testing.T) {
 	if _, ok := r.src.Pod("default", "web-b"); ok {
 		t.Errorf("Pod(web-b) of another node was returned")
 	}
-	if r.podsHit.Load() == 0 {
-		t.Errorf("PodsChanged never called")
-	}
+	// PodsChanged follows the delivery of the first State.
+	waitFor(t, func() bool { return r.podsHit.Load() > 0 })
 
 	// A change that alters nothing the proxy uses (a node heartbeat) delivers no State: the
 	// next State is the one of the following real change.
@@ -409,5 +408,44 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestSourceTriggerTimes(t *testing.T) {
+	ctx := context.Background()
+	r := startFake(t, Options{}, node("node1", "172.31.0.2", "", "10.244.1.0/24"))
+	r.next()
+	key := model.ServiceKey{Namespace: "default", Name: "a"}
+	t1 := time.Date(2026, 1, 1, 0, 0, 1, 0, time.UTC)
+	svc := service("default", "a", "10.96.0.20", nil, corev1.ServicePort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80})
+	svc.Annotations = map[string]string{corev1.EndpointsLastChangeTriggerTime: t1.Format(time.RFC3339)}
+	if _, err := r.client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.next(); !st.TriggerTimes[key].Equal(t1) {
+		t.Errorf("after create: trigger times %v, want %v", st.TriggerTimes, t1)
+	}
+	t2 := t1.Add(time.Minute)
+	sl := slice("default", "a-1", "a", 8080, t2.Format(time.RFC3339), ep("10.244.1.5", "node1", true))
+	if _, err := r.client.DiscoveryV1().EndpointSlices("default").Create(ctx, sl, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.next(); !st.TriggerTimes[key].Equal(t2) {
+		t.Errorf("after slice create: trigger times %v, want %v", st.TriggerTimes, t2)
+	}
+	// Same annotation, other endpoints: the change has no new trigger time.
+	sl = slice("default", "a-1", "a", 8080, t2.Format(time.RFC3339), ep("10.244.1.6", "node1", true))
+	if _, err := r.client.DiscoveryV1().EndpointSlices("default").Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.next(); st.TriggerTimes != nil {
+		t.Errorf("unchanged annotation: trigger times %v, want none", st.TriggerTimes)
+	}
+	// A deletion carries the object's old annotation: not a trigger time.
+	if err := r.client.CoreV1().Services("default").Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.next(); st.Service(key) != nil || st.TriggerTimes != nil {
+		t.Errorf("after delete: service %v trigger times %v", st.Service(key), st.TriggerTimes)
 	}
 }
