@@ -13,6 +13,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -508,6 +509,7 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 	// square of its input, removes the jump rules first, then flushes all chains and deletes
 	// them in chunks (a chain can go once nothing refers to it).
 	var errs []error
+	var prune []string
 	for _, t := range []string{"filter", "nat"} {
 		k, err := b.kernelState(ctx, t)
 		if err != nil {
@@ -523,6 +525,9 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 		var jumps strings.Builder
 		for _, l := range k.jumps {
 			jumps.WriteString("-D" + strings.TrimPrefix(l, "-A") + "\n")
+		}
+		if len(ours)+len(k.jumps) > 0 && b.flavour == "nft" {
+			prune = append(prune, t)
 		}
 		chunk := b.planner.cfg.ChunkRules
 		if chunk <= 0 || len(ours) <= chunk {
@@ -561,5 +566,78 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 			}
 		}
 	}
+	if len(errs) == 0 {
+		for _, t := range prune {
+			if err := b.pruneEmptyBaseChains(ctx, t); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// pruneEmptyBaseChains removes, from an nft table we cleaned, the base chains that iptables-nft
+// created when our jump rules went in and that are now empty with policy accept (they filter
+// nothing), and the table itself when no chain, set or map is left, so `nft list ruleset`
+// reads as before the daemon ran. A chain that holds any rule or another policy is kept.
+func (b *Backend) pruneEmptyBaseChains(ctx context.Context, table string) error {
+	fam := "ip"
+	if b.family == IPv6 {
+		fam = "ip6"
+	}
+	out, err := b.run.Run(ctx, "nft", []string{"-j", "list", "table", fam, table}, nil)
+	if err != nil {
+		return nil // no nft binary or no such table: nothing to prune
+	}
+	var doc struct {
+		Nftables []map[string]json.RawMessage `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return fmt.Errorf("iptables backend: reading nft table %s %s: %w", fam, table, err)
+	}
+	type chain struct {
+		Name   string `json:"name"`
+		Hook   string `json:"hook"`
+		Policy string `json:"policy"`
+	}
+	var chains []chain
+	rules := map[string]int{}
+	others := 0
+	for _, obj := range doc.Nftables {
+		for kind, raw := range obj {
+			switch kind {
+			case "chain":
+				var c chain
+				if json.Unmarshal(raw, &c) == nil {
+					chains = append(chains, c)
+				}
+			case "rule":
+				var r struct {
+					Chain string `json:"chain"`
+				}
+				if json.Unmarshal(raw, &r) == nil {
+					rules[r.Chain]++
+				}
+			case "set", "map", "flowtable", "counter", "quota", "limit", "ct helper", "secmark", "synproxy":
+				others++
+			}
+		}
+	}
+	left := 0
+	for _, c := range chains {
+		if c.Hook == "" || rules[c.Name] > 0 || c.Policy != "accept" {
+			left++
+			continue
+		}
+		if _, err := b.run.Run(ctx, "nft", []string{"delete", "chain", fam, table, c.Name}, nil); err != nil {
+			left++
+			b.log.Warn("could not remove an empty base chain", "table", table, "chain", c.Name, "err", err)
+		}
+	}
+	if left == 0 && others == 0 {
+		if _, err := b.run.Run(ctx, "nft", []string{"delete", "table", fam, table}, nil); err != nil {
+			b.log.Warn("could not remove an empty table", "table", table, "err", err)
+		}
+	}
+	return nil
 }

@@ -174,6 +174,10 @@ func testBackend(t *testing.T, flavour string, chunk int) {
 	ipt, save, restore := b.Binaries()
 	mustRestore(t, r, restore, foreign)
 	before := saveNormalised(t, r, save)
+	nftBefore := ""
+	if flavour == "nft" {
+		nftBefore = mustRun(t, r, "nft", "list", "ruleset")
+	}
 
 	// Full sync.
 	st := fixtureState()
@@ -309,6 +313,12 @@ func testBackend(t *testing.T, flavour string, chunk int) {
 		}
 		if got := saveNormalised(t, r, save); got != before {
 			t.Fatalf("after Cleanup:\n%s\n--- before\n%s", got, before)
+		}
+		// iptables-nft made base chains (and the nat table) for our jump rules; they must go too.
+		if flavour == "nft" {
+			if got := mustRun(t, r, "nft", "list", "ruleset"); got != nftBefore {
+				t.Fatalf("nft ruleset after Cleanup:\n%s\n--- before\n%s", got, nftBefore)
+			}
 		}
 	}
 	if ok, err := b.Verify(ctx); err != nil || ok {
