@@ -49,7 +49,9 @@ func (d *Daemon) onConfig(ctx context.Context, cfg *config.Config, err error) {
 		err = applyOverrides(cfg, d.opts)
 	}
 	var st *model.State
+	allocatorAsked := false
 	if err == nil {
+		allocatorAsked = true
 		st, err = cfg.BuildState(d.cfg.NodeName, d.podList(ctx), d.svcs)
 	}
 	d.mu.Lock()
@@ -59,7 +61,7 @@ func (d *Daemon) onConfig(ctx context.Context, cfg *config.Config, err error) {
 		d.mu.Unlock()
 		d.metrics.ConfigReloadFailures.Inc()
 		d.log.Error("config refused; the last good state stays programmed", "file", d.opts.ConfigPath, "err", err)
-		if last != nil {
+		if last != nil && allocatorAsked {
 			// BuildState told the allocator which services the refused file holds; building the
 			// last good config again tells it the truth, so no live service starts its grace period.
 			d.requestRepublish()

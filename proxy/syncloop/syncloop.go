@@ -99,10 +99,17 @@ func New(b proxy.Backend, opts Options) *Loop {
 		status: Status{Backend: b.Name()}}
 }
 
-// Update hands the loop a new desired state (which it must not be modified afterwards) and
-// returns its generation. It never blocks: the state is programmed by the next sync.
+// Update hands the loop a new desired state (which must not be modified afterwards) and
+// returns its generation. It never blocks: the state is programmed by the next sync. A state
+// equal to the current desired one (trigger times aside) changes nothing and keeps the
+// generation.
 func (l *Loop) Update(st *model.State) uint64 {
 	l.mu.Lock()
+	if l.desired != nil && model.Diff(l.desired, st).Empty() {
+		gen := l.desiredGen
+		l.mu.Unlock()
+		return gen
+	}
 	l.desired = st
 	l.desiredGen++
 	gen := l.desiredGen

@@ -178,3 +178,22 @@ func TestBurstThenRateLimit(t *testing.T) {
 		t.Fatalf("calls: %+v", b.calls())
 	}
 }
+
+func TestEqualUpdateKeepsGeneration(t *testing.T) {
+	b := &fakeBackend{intact: true}
+	l := start(t, b, Options{MinInterval: time.Millisecond, Period: time.Hour})
+	if g := l.Update(state(2)); g != 1 {
+		t.Fatalf("first generation %d", g)
+	}
+	waitFor(t, "sync", func() bool { return l.Status().AppliedGeneration == 1 })
+	if g := l.Update(state(2)); g != 1 {
+		t.Fatalf("an equal state must keep generation 1, got %d", g)
+	}
+	if g := l.Update(state(3)); g != 2 {
+		t.Fatalf("a changed state must bump the generation, got %d", g)
+	}
+	waitFor(t, "second sync", func() bool { return l.Status().AppliedGeneration == 2 })
+	if n := len(b.calls()); n != 2 {
+		t.Fatalf("want 2 syncs, got %d", n)
+	}
+}
