@@ -147,6 +147,7 @@ func answers(ctx context.Context, node *harness.Node, target string, n int) (map
 // other node's pod range), a NodePort service answers on a node's address from the other node,
 // and an endpoint removed from the slice stops getting connections.
 func TestDaemonClusterMode(t *testing.T) {
+	harness.RequireRoot(t)
 	bin := harness.SvcproxyBinary(t)
 	c := harness.StartCluster(t, harness.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
