@@ -16,15 +16,16 @@ func TestLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	maps := map[string][2]any{
-		SvcMapSvcServices:   {SvcSvcKey{}, SvcSvcValue{}},
-		SvcMapSvcBackends:   {uint32(0), SvcBackendValue{}},
-		SvcMapSvcRevnat:     {uint16(0), SvcRevnatValue{}},
-		SvcMapSvcSockRevnat: {SvcSockRevnatKey{}, SvcSockRevnatValue{}},
-		SvcMapSvcAffinity:   {SvcAffinityKey{}, SvcAffinityValue{}},
-		SvcMapSvcCt:         {SvcCtKey{}, SvcCtValue{}},
-		SvcMapSvcIfaddrs:    {uint32(0), uint32(0)},
-		SvcMapSvcDestroy:    {SvcDestroyKey{}, uint8(0)},
-		SvcMapSvcSrcRanges:  {SvcSrcRangeKey{}, uint8(0)},
+		SvcMapSvcServices:     {SvcSvcKey{}, SvcSvcValue{}},
+		SvcMapSvcBackends:     {uint32(0), SvcBackendValue{}},
+		SvcMapSvcRevnat:       {uint16(0), SvcRevnatValue{}},
+		SvcMapSvcSockRevnat:   {SvcSockRevnatKey{}, SvcSockRevnatValue{}},
+		SvcMapSvcAffinity:     {SvcAffinityKey{}, SvcAffinityValue{}},
+		SvcMapSvcCt:           {SvcCtKey{}, SvcCtValue{}},
+		SvcMapSvcIfaddrs:      {uint32(0), uint32(0)},
+		SvcMapSvcDestroy:      {SvcDestroyKey{}, uint8(0)},
+		SvcMapSvcSrcRanges:    {SvcSrcRangeKey{}, uint8(0)},
+		SvcMapSvcClusterCidrs: {SvcCidrKey{}, uint8(0)},
 	}
 	if len(spec.Maps) != len(maps) {
 		t.Errorf("object has %d maps, test knows %d", len(spec.Maps), len(maps))
@@ -49,8 +50,12 @@ func TestLayout(t *testing.T) {
 		SvcProgSvcGetpeername4: {ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername},
 		SvcProgSvcTcIngress:    {ebpf.SchedCLS, ebpf.AttachNone},
 		SvcProgSvcTcEgress:     {ebpf.SchedCLS, ebpf.AttachNone},
+		SvcProgSvcTcPodIngress: {ebpf.SchedCLS, ebpf.AttachNone},
 		SvcProgSvcDestroyUdp:   {ebpf.Tracing, ebpf.AttachTraceIter},
 		SvcProgSvcTestSelect:   {ebpf.Syscall, ebpf.AttachNone},
+	}
+	if len(spec.Programs) != len(progs) {
+		t.Errorf("object has %d programs, test knows %d", len(spec.Programs), len(progs))
 	}
 	for name, want := range progs {
 		p, ok := spec.Programs[name]

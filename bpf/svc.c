@@ -205,7 +205,10 @@ static __always_inline int nat(struct __sk_buff *skb, struct pkt *p, __u32 saddr
 }
 
 /* fib_redirect sends a packet whose source is now a node address out of the node directly:
- * the stack would drop it as a martian (a local source arriving from outside). */
+ * the stack would drop it as a martian (a local source arriving from outside). The route is
+ * looked up as the forwarding path would (input lookup on the receiving interface), so a
+ * backend behind the pod bridge and a client behind the external interface are both found;
+ * the neighbour is the route's next hop. */
 static __always_inline int fib_redirect(struct __sk_buff *skb, __u32 saddr, __u32 daddr)
 {
 	struct bpf_fib_lookup fib = {
@@ -214,12 +217,29 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, __u32 saddr, __u3
 		.ipv4_dst = daddr,
 		.ifindex = skb->ifindex,
 	};
-	__u32 ifindex = skb->ifindex;
-	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 
-	if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		ifindex = fib.ifindex;
-	return bpf_redirect_neigh(ifindex, 0, 0, 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		struct bpf_redir_neigh nh = {
+			.nh_family = SVC_AF_INET,
+			.ipv4_nh = fib.ipv4_dst,
+		};
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+	/* No forwarding route (or forwarding off on this interface): send it back out where
+	 * it came from, resolving the destination as a neighbour there. */
+	return bpf_redirect_neigh(skb->ifindex, 0, 0, 0);
+}
+
+/* in_cluster reports whether addr is inside clusterCIDR (a pod address of the cluster). */
+static __always_inline int in_cluster(__u32 addr)
+{
+	struct cidr_key k = {
+		.prefixlen = 32,
+		.addr = addr,
+	};
+
+	return bpf_map_lookup_elem(&svc_cluster_cidrs, &k) != 0;
 }
 
 /* nat_out rewrites like nat and then, for flows SNATed to the node, redirects. */
@@ -311,15 +331,26 @@ int svc_tc_ingress(struct __sk_buff *skb)
 		if (!bpf_map_lookup_elem(&svc_src_ranges, &sk))
 			return TC_ACT_SHOT;
 	}
-	if (r.verdict != LB_OK)
+	if (r.verdict != LB_OK) {
+		/* Like kube-proxy's REJECT: a frontend on a node address is left to the stack,
+		 * where nothing listens on it, so the client gets a TCP RST or an ICMP port
+		 * unreachable at once. Other frontends are dropped (nothing would answer for
+		 * their address), and so is policy Local without a local endpoint while other
+		 * nodes have some (kube-proxy drops these too). */
+		if ((r.svc_flags & SVC_F_NODE_ADDR) && !(r.svc_flags & SVC_F_LOCAL))
+			return TC_ACT_UNSPEC;
 		return TC_ACT_SHOT;
+	}
 
 	__u32 nat_saddr = p.saddr;
 	__u16 nat_sport = p.sport;
 	__u8 snat = 0;
+	/* Policy Cluster: masquerade what comes from outside clusterCIDR (as kube-proxy does),
+	 * and whatever goes to a remote backend, which would otherwise answer the client
+	 * directly. Policy Local keeps the client address (local backends only). masqueradeAll
+	 * (SVC_F_SNAT) masquerades everything. */
 	if ((r.svc_flags & SVC_F_SNAT) ||
-	    (!(r.be_flags & BE_F_LOCAL) && !(r.svc_flags & SVC_F_LOCAL))) {
-		/* A remote backend would answer the client directly: make it answer us. */
+	    (!(r.svc_flags & SVC_F_LOCAL) && (!(r.be_flags & BE_F_LOCAL) || !in_cluster(p.saddr)))) {
 		__u32 ifindex = skb->ifindex;
 		__u32 *node = bpf_map_lookup_elem(&svc_ifaddrs, &ifindex);
 		if (!node)
@@ -364,6 +395,33 @@ int svc_tc_ingress(struct __sk_buff *skb)
 	    bpf_map_update_elem(&svc_ct, &ck, &fwd, BPF_ANY) < 0)
 		return TC_ACT_SHOT;
 	return nat_out(skb, &p, snat, nat_saddr, nat_sport, r.be_addr, r.be_port);
+}
+
+/* svc_tc_pod_ingress runs on the interfaces toward local pods (the pod bridge). A local
+ * backend answering a masqueraded flow sends its reply to the node address; here it is given
+ * back its frontend as source and the client as destination, and routed out to the client.
+ * Everything else is left alone: local pods' own traffic to services is translated by the
+ * socket hooks. */
+SEC("tc")
+int svc_tc_pod_ingress(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct ct_value *ct;
+
+	if (parse(skb, &p) < 0)
+		return TC_ACT_UNSPEC;
+	struct ct_key ck = {
+		.saddr = p.saddr,
+		.daddr = p.daddr,
+		.sport = p.sport,
+		.dport = p.dport,
+		.proto = p.proto,
+	};
+	ct = bpf_map_lookup_elem(&svc_ct, &ck);
+	if (!ct || ct->kind != CT_REPLY || !ct->snat)
+		return TC_ACT_UNSPEC;
+	ct->last_ns = bpf_ktime_get_ns();
+	return nat_out(skb, &p, 1, ct->nat_saddr, ct->nat_sport, ct->nat_daddr, ct->nat_dport);
 }
 
 SEC("tc")

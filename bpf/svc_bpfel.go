@@ -37,6 +37,12 @@ type SvcBackendValue struct {
 	Flags uint8
 }
 
+type SvcCidrKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      uint32
+}
+
 type SvcCtKey struct {
 	_     structs.HostLayout
 	Saddr uint32
@@ -145,6 +151,7 @@ type SvcSvcValue struct {
 const (
 	SvcMapSvcAffinity      = "svc_affinity"
 	SvcMapSvcBackends      = "svc_backends"
+	SvcMapSvcClusterCidrs  = "svc_cluster_cidrs"
 	SvcMapSvcCt            = "svc_ct"
 	SvcMapSvcDestroy       = "svc_destroy"
 	SvcMapSvcIfaddrs       = "svc_ifaddrs"
@@ -159,6 +166,7 @@ const (
 	SvcProgSvcSendmsg4     = "svc_sendmsg4"
 	SvcProgSvcTcEgress     = "svc_tc_egress"
 	SvcProgSvcTcIngress    = "svc_tc_ingress"
+	SvcProgSvcTcPodIngress = "svc_tc_pod_ingress"
 	SvcProgSvcTestSelect   = "svc_test_select"
 )
 
@@ -211,6 +219,7 @@ type SvcProgramSpecs struct {
 	SvcSendmsg4     *ebpf.ProgramSpec `ebpf:"svc_sendmsg4"`
 	SvcTcEgress     *ebpf.ProgramSpec `ebpf:"svc_tc_egress"`
 	SvcTcIngress    *ebpf.ProgramSpec `ebpf:"svc_tc_ingress"`
+	SvcTcPodIngress *ebpf.ProgramSpec `ebpf:"svc_tc_pod_ingress"`
 	SvcTestSelect   *ebpf.ProgramSpec `ebpf:"svc_test_select"`
 }
 
@@ -218,15 +227,16 @@ type SvcProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SvcMapSpecs struct {
-	SvcAffinity   *ebpf.MapSpec `ebpf:"svc_affinity"`
-	SvcBackends   *ebpf.MapSpec `ebpf:"svc_backends"`
-	SvcCt         *ebpf.MapSpec `ebpf:"svc_ct"`
-	SvcDestroy    *ebpf.MapSpec `ebpf:"svc_destroy"`
-	SvcIfaddrs    *ebpf.MapSpec `ebpf:"svc_ifaddrs"`
-	SvcRevnat     *ebpf.MapSpec `ebpf:"svc_revnat"`
-	SvcServices   *ebpf.MapSpec `ebpf:"svc_services"`
-	SvcSockRevnat *ebpf.MapSpec `ebpf:"svc_sock_revnat"`
-	SvcSrcRanges  *ebpf.MapSpec `ebpf:"svc_src_ranges"`
+	SvcAffinity     *ebpf.MapSpec `ebpf:"svc_affinity"`
+	SvcBackends     *ebpf.MapSpec `ebpf:"svc_backends"`
+	SvcClusterCidrs *ebpf.MapSpec `ebpf:"svc_cluster_cidrs"`
+	SvcCt           *ebpf.MapSpec `ebpf:"svc_ct"`
+	SvcDestroy      *ebpf.MapSpec `ebpf:"svc_destroy"`
+	SvcIfaddrs      *ebpf.MapSpec `ebpf:"svc_ifaddrs"`
+	SvcRevnat       *ebpf.MapSpec `ebpf:"svc_revnat"`
+	SvcServices     *ebpf.MapSpec `ebpf:"svc_services"`
+	SvcSockRevnat   *ebpf.MapSpec `ebpf:"svc_sock_revnat"`
+	SvcSrcRanges    *ebpf.MapSpec `ebpf:"svc_src_ranges"`
 }
 
 // SvcVariableSpecs contains global variables before they are loaded into the kernel.
@@ -255,21 +265,23 @@ func (o *SvcObjects) Close() error {
 //
 // It can be passed to LoadSvcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SvcMaps struct {
-	SvcAffinity   *ebpf.Map `ebpf:"svc_affinity"`
-	SvcBackends   *ebpf.Map `ebpf:"svc_backends"`
-	SvcCt         *ebpf.Map `ebpf:"svc_ct"`
-	SvcDestroy    *ebpf.Map `ebpf:"svc_destroy"`
-	SvcIfaddrs    *ebpf.Map `ebpf:"svc_ifaddrs"`
-	SvcRevnat     *ebpf.Map `ebpf:"svc_revnat"`
-	SvcServices   *ebpf.Map `ebpf:"svc_services"`
-	SvcSockRevnat *ebpf.Map `ebpf:"svc_sock_revnat"`
-	SvcSrcRanges  *ebpf.Map `ebpf:"svc_src_ranges"`
+	SvcAffinity     *ebpf.Map `ebpf:"svc_affinity"`
+	SvcBackends     *ebpf.Map `ebpf:"svc_backends"`
+	SvcClusterCidrs *ebpf.Map `ebpf:"svc_cluster_cidrs"`
+	SvcCt           *ebpf.Map `ebpf:"svc_ct"`
+	SvcDestroy      *ebpf.Map `ebpf:"svc_destroy"`
+	SvcIfaddrs      *ebpf.Map `ebpf:"svc_ifaddrs"`
+	SvcRevnat       *ebpf.Map `ebpf:"svc_revnat"`
+	SvcServices     *ebpf.Map `ebpf:"svc_services"`
+	SvcSockRevnat   *ebpf.Map `ebpf:"svc_sock_revnat"`
+	SvcSrcRanges    *ebpf.Map `ebpf:"svc_src_ranges"`
 }
 
 func (m *SvcMaps) Close() error {
 	return _SvcClose(
 		m.SvcAffinity,
 		m.SvcBackends,
+		m.SvcClusterCidrs,
 		m.SvcCt,
 		m.SvcDestroy,
 		m.SvcIfaddrs,
@@ -297,6 +309,7 @@ type SvcPrograms struct {
 	SvcSendmsg4     *ebpf.Program `ebpf:"svc_sendmsg4"`
 	SvcTcEgress     *ebpf.Program `ebpf:"svc_tc_egress"`
 	SvcTcIngress    *ebpf.Program `ebpf:"svc_tc_ingress"`
+	SvcTcPodIngress *ebpf.Program `ebpf:"svc_tc_pod_ingress"`
 	SvcTestSelect   *ebpf.Program `ebpf:"svc_test_select"`
 }
 
@@ -309,6 +322,7 @@ func (p *SvcPrograms) Close() error {
 		p.SvcSendmsg4,
 		p.SvcTcEgress,
 		p.SvcTcIngress,
+		p.SvcTcPodIngress,
 		p.SvcTestSelect,
 	)
 }

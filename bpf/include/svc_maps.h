@@ -26,6 +26,8 @@
 #define SVC_F_LOCAL 0x02    /* traffic policy Local for this scope: keep the client address */
 #define SVC_F_SNAT 0x04     /* tc path: always SNAT to the node (masqueradeAll) */
 #define SVC_F_RANGES 0x08   /* tc path: only sources in svc_src_ranges (loadBalancerSourceRanges) */
+#define SVC_F_NODE_ADDR 0x10 /* tc path: the frontend address is a node address; without
+			      * backends the packet is left to the stack, which refuses it */
 
 /* backend_value.flags */
 #define BE_F_LOCAL 0x01 /* the endpoint runs on this node */
@@ -127,6 +129,12 @@ struct src_range_key {
 	__u32 addr;
 };
 
+/* clusterCIDR prefixes: an LPM key over an IPv4 address (prefixlen 0..32). */
+struct cidr_key {
+	__u32 prefixlen;
+	__u32 addr;
+};
+
 /* Backends whose connected UDP sockets the socket iterator destroys. */
 struct destroy_key {
 	__u32 addr;
@@ -199,6 +207,16 @@ struct {
 	__type(value, __u32);
 	__uint(max_entries, 256);
 } svc_ifaddrs SEC(".maps");
+
+/* The cluster's pod ranges (clusterCIDR). The tc path masquerades flows from sources outside
+ * them under traffic policy Cluster; an empty map means every source is outside. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct cidr_key);
+	__type(value, __u8);
+	__uint(max_entries, 64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} svc_cluster_cidrs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -49,8 +49,14 @@ type Options struct {
 	CgroupPath string
 	// Interfaces are the node's external (underlay) interfaces that get the per-packet
 	// programs, for NodePorts, externalIPs and load-balancer IPs reached from outside.
-	// The first IPv4 address of each is used to SNAT flows sent to a remote backend.
+	// The first IPv4 address of each is used to SNAT (masquerade) the flows entering there.
 	Interfaces []string
+	// PodInterfaces are the interfaces toward this node's pods (the pod bridge, `bridge` in
+	// the config). They get a tc ingress program that translates the replies of local
+	// backends to masqueraded flows (which come back to the node address) and routes them
+	// out to the client. An interface missing at New (the bridge is made with the first
+	// pod) is attached at a later full sync.
+	PodInterfaces []string
 	// MapSizes overrides map capacities. Changing a size of a pinned map needs a Cleanup.
 	MapSizes MapSizes
 	// PinPath is a directory on a bpffs where maps and links are pinned, so the data path
@@ -79,12 +85,14 @@ type Backend struct {
 	links      map[string]link.Link // by pin name
 	cgroup     string
 	ifaces     []ifaceInfo
-	ids        *ids
-	written    *Entries
-	desired    *desired
-	addrs      []netip.Addr
-	synced     bool
-	closed     bool
+	// podIfaces are the PodInterfaces attached so far (by name).
+	podIfaces map[string]bool
+	ids       *ids
+	written   *Entries
+	desired   *desired
+	addrs     []netip.Addr
+	synced    bool
+	closed    bool
 }
 
 // programs are the programs the data path runs (svcbpf.SvcPrograms without the test entry).
@@ -95,6 +103,7 @@ type programs struct {
 	SvcGetpeername4 *ebpf.Program `ebpf:"svc_getpeername4"`
 	SvcTcIngress    *ebpf.Program `ebpf:"svc_tc_ingress"`
 	SvcTcEgress     *ebpf.Program `ebpf:"svc_tc_egress"`
+	SvcTcPodIngress *ebpf.Program `ebpf:"svc_tc_pod_ingress"`
 	SvcDestroyUdp   *ebpf.Program `ebpf:"svc_destroy_udp"`
 }
 
@@ -104,7 +113,7 @@ type objects struct {
 }
 
 func (o *objects) Close() {
-	for _, p := range []*ebpf.Program{o.SvcConnect4, o.SvcSendmsg4, o.SvcRecvmsg4, o.SvcGetpeername4, o.SvcTcIngress, o.SvcTcEgress, o.SvcDestroyUdp} {
+	for _, p := range []*ebpf.Program{o.SvcConnect4, o.SvcSendmsg4, o.SvcRecvmsg4, o.SvcGetpeername4, o.SvcTcIngress, o.SvcTcEgress, o.SvcTcPodIngress, o.SvcDestroyUdp} {
 		if p != nil {
 			p.Close()
 		}
@@ -128,6 +137,7 @@ const (
 	linkGetpeername = "link_getpeername4"
 	linkTCXIngress  = "link_tcx_ingress_"
 	linkTCXEgress   = "link_tcx_egress_"
+	linkTCXPod      = "link_tcx_pod_ingress_"
 )
 
 // New loads the programs, creates or reuses the pinned maps under opts.PinPath, and attaches
@@ -150,7 +160,7 @@ func New(opts Options) (*Backend, error) {
 	if ok, err := isFS(opts.PinPath, unix.BPF_FS_MAGIC); err != nil || !ok {
 		return nil, fmt.Errorf("ebpf backend: pin path %s is not on a bpffs (mount one, see EnsureBPFFS): %v", opts.PinPath, err)
 	}
-	b := &Backend{opts: opts, log: log, links: map[string]link.Link{}}
+	b := &Backend{opts: opts, log: log, links: map[string]link.Link{}, podIfaces: map[string]bool{}}
 	spec, err := loadSpec(opts.MapSizes, opts.withTestProgram)
 	if err != nil {
 		return nil, err
@@ -281,6 +291,11 @@ func (b *Backend) attach() error {
 		}
 		b.ifaces = append(b.ifaces, info)
 	}
+	for _, name := range b.opts.PodInterfaces {
+		if err := b.attachPod(name); err != nil {
+			return err
+		}
+	}
 	// Links pinned by an earlier run for interfaces or a cgroup no longer configured.
 	entries, err := os.ReadDir(b.opts.PinPath)
 	if err != nil {
@@ -291,12 +306,61 @@ func (b *Backend) attach() error {
 		if _, ours := b.links[n]; ours || !isLinkPin(n) {
 			continue
 		}
+		if b.pendingPodLink(n) {
+			continue // its interface is not there yet; a later full sync attaches it
+		}
 		if err := removePinnedLink(filepath.Join(b.opts.PinPath, n)); err != nil {
 			return err
 		}
 		b.log.Info("ebpf: detached link no longer configured", "link", n)
 	}
 	return nil
+}
+
+// attachPod attaches svc_tc_pod_ingress to the pod interface name (or re-targets the link
+// an earlier run pinned). A missing interface is not an error: it is logged and tried again
+// at the next full sync.
+func (b *Backend) attachPod(name string) error {
+	if b.podIfaces[name] {
+		return nil
+	}
+	ifc, err := net.InterfaceByName(name)
+	if err != nil {
+		b.log.Warn("ebpf: pod interface not found yet; replies of masqueraded flows to local backends need it, will retry at the next full sync", "interface", name, "err", err)
+		return nil
+	}
+	pin := linkTCXPod + name
+	l, err := b.reuseLink(pin, b.objs.SvcTcPodIngress, func(li *link.Info) bool {
+		t := li.TCX()
+		return t != nil && int(t.Ifindex) == ifc.Index && ebpf.AttachType(t.AttachType) == ebpf.AttachTCXIngress
+	})
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		l, err = link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: b.objs.SvcTcPodIngress, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return fmt.Errorf("ebpf backend: attach tc program to pod interface %s: %w", name, err)
+		}
+		if err := l.Pin(filepath.Join(b.opts.PinPath, pin)); err != nil {
+			l.Close()
+			return fmt.Errorf("ebpf backend: pin %s: %w", pin, err)
+		}
+	}
+	b.links[pin] = l
+	b.podIfaces[name] = true
+	return nil
+}
+
+// pendingPodLink reports whether pin names the pod link of a configured pod interface that
+// is not attached yet.
+func (b *Backend) pendingPodLink(pin string) bool {
+	for _, name := range b.opts.PodInterfaces {
+		if pin == linkTCXPod+name && !b.podIfaces[name] {
+			return true
+		}
+	}
+	return false
 }
 
 // reuseLink loads the link pinned under name; when it still points where match says, it is
@@ -376,7 +440,7 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 	var err error
 	var svcs []model.ServiceKey
 	if full {
-		if err := b.refreshNode(); err != nil {
+		if err := b.refreshNode(st); err != nil {
 			return res, err
 		}
 		have, err := b.readMaps()
@@ -462,8 +526,17 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 	return res, nil
 }
 
-// refreshNode re-reads node addresses and the SNAT address of each interface.
-func (b *Backend) refreshNode() error {
+// refreshNode re-reads node addresses and the SNAT address of each interface, writes the
+// cluster's pod ranges, and attaches pod interfaces that were missing so far.
+func (b *Backend) refreshNode(st *model.State) error {
+	for _, name := range b.opts.PodInterfaces {
+		if err := b.attachPod(name); err != nil {
+			return err
+		}
+	}
+	if err := b.writeClusterCIDRs(st.ClusterCIDRs); err != nil {
+		return err
+	}
 	if b.opts.NodeAddresses != nil {
 		b.addrs = append([]netip.Addr(nil), b.opts.NodeAddresses...)
 	} else {
@@ -505,6 +578,44 @@ func (b *Backend) refreshNode() error {
 	for k, v := range want {
 		if err := b.objs.SvcIfaddrs.Put(k, v); err != nil {
 			return fmt.Errorf("ebpf backend: write svc_ifaddrs[%d]: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// writeClusterCIDRs makes svc_cluster_cidrs hold exactly the IPv4 prefixes of cidrs.
+func (b *Backend) writeClusterCIDRs(cidrs []netip.Prefix) error {
+	want := map[svcbpf.SvcCidrKey]bool{}
+	for _, p := range cidrs {
+		if p.Addr().Is4() {
+			p = p.Masked()
+			want[svcbpf.SvcCidrKey{Prefixlen: uint32(p.Bits()), Addr: addrToBE(p.Addr())}] = true
+		}
+	}
+	m := b.objs.SvcClusterCidrs
+	if len(want) > int(m.MaxEntries()) {
+		return fmt.Errorf("ebpf backend: %d clusterCIDR prefixes, at most %d are supported", len(want), m.MaxEntries())
+	}
+	var k svcbpf.SvcCidrKey
+	var v uint8
+	var stale []svcbpf.SvcCidrKey
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("ebpf backend: read svc_cluster_cidrs: %w", err)
+	}
+	for _, k := range stale {
+		if err := ignoreMissing(m.Delete(&k)); err != nil {
+			return fmt.Errorf("ebpf backend: delete svc_cluster_cidrs %v: %w", k, err)
+		}
+	}
+	for k := range want {
+		if err := m.Put(&k, uint8(1)); err != nil {
+			return fmt.Errorf("ebpf backend: write svc_cluster_cidrs %s/%d: %w", addrFromBE(k.Addr), k.Prefixlen, err)
 		}
 	}
 	return nil
@@ -624,14 +735,14 @@ func (b *Backend) maps() map[string]*ebpf.Map {
 		svcbpf.SvcMapSvcRevnat: o.SvcRevnat, svcbpf.SvcMapSvcSockRevnat: o.SvcSockRevnat,
 		svcbpf.SvcMapSvcAffinity: o.SvcAffinity, svcbpf.SvcMapSvcCt: o.SvcCt,
 		svcbpf.SvcMapSvcIfaddrs: o.SvcIfaddrs, svcbpf.SvcMapSvcDestroy: o.SvcDestroy,
-		svcbpf.SvcMapSvcSrcRanges: o.SvcSrcRanges,
+		svcbpf.SvcMapSvcSrcRanges: o.SvcSrcRanges, svcbpf.SvcMapSvcClusterCidrs: o.SvcClusterCidrs,
 	}
 }
 
 // programs returns the loaded programs (svc_test_select only when loaded for tests).
 func (b *Backend) programs() []*ebpf.Program {
 	o := &b.objs.programs
-	ps := []*ebpf.Program{o.SvcConnect4, o.SvcSendmsg4, o.SvcRecvmsg4, o.SvcGetpeername4, o.SvcTcIngress, o.SvcTcEgress, o.SvcDestroyUdp}
+	ps := []*ebpf.Program{o.SvcConnect4, o.SvcSendmsg4, o.SvcRecvmsg4, o.SvcGetpeername4, o.SvcTcIngress, o.SvcTcEgress, o.SvcTcPodIngress, o.SvcDestroyUdp}
 	if b.testSelect != nil {
 		ps = append(ps, b.testSelect)
 	}

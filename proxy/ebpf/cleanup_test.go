@@ -46,7 +46,8 @@ func TestCleanupLeavesNothing(t *testing.T) {
 	run(t, "ip", "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", dev+"p")
 	run(t, "ip", "-n", ns, "addr", "add", "172.31.0.1/24", "dev", dev)
 	run(t, "ip", "-n", ns, "link", "set", dev, "up")
-	b, err := newTestBackendIn(t, ns, Options{CgroupPath: cg, Interfaces: []string{dev}})
+	run(t, "ip", "-n", ns, "link", "add", dev+"b", "type", "bridge")
+	b, err := newTestBackendIn(t, ns, Options{CgroupPath: cg, Interfaces: []string{dev}, PodInterfaces: []string{dev + "b"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,8 +87,8 @@ func TestCleanupLeavesNothing(t *testing.T) {
 		}
 		ours["link"][uint32(info.ID)] = true
 	}
-	if len(ours["link"]) != 6 || len(ours["prog"]) != 8 || len(ours["map"]) != 9 {
-		t.Fatalf("expected 6 links, 8 programs, 9 maps of ours; have %d, %d, %d", len(ours["link"]), len(ours["prog"]), len(ours["map"]))
+	if len(ours["link"]) != 7 || len(ours["prog"]) != 9 || len(ours["map"]) != 10 {
+		t.Fatalf("expected 7 links, 9 programs, 10 maps of ours; have %d, %d, %d", len(ours["link"]), len(ours["prog"]), len(ours["map"]))
 	}
 	count := func() map[string]int {
 		n := map[string]int{}
@@ -108,7 +109,7 @@ func TestCleanupLeavesNothing(t *testing.T) {
 		return n
 	}
 	before := count()
-	if before["link"] != 6 || before["map"] != 9 || before["prog"] != 8 {
+	if before["link"] != 7 || before["map"] != 10 || before["prog"] != 9 {
 		t.Fatalf("bpftool before Cleanup sees %v of ours", before)
 	}
 	if err := b.Cleanup(context.Background()); err != nil {

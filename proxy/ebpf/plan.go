@@ -21,6 +21,7 @@ const (
 	flagLocal    uint8 = 0x02
 	flagSNAT     uint8 = 0x04
 	flagRanges   uint8 = 0x08
+	flagNodeAddr uint8 = 0x10
 	beFlagLocal  uint8 = 0x01
 )
 
@@ -55,9 +56,14 @@ type Frontend struct {
 	Local bool
 	// AffinitySeconds > 0 means sessionAffinity ClientIP with that timeout.
 	AffinitySeconds uint32
-	// Masquerade makes the tc path SNAT every flow (masqueradeAll), not only those to remote
-	// backends.
+	// Masquerade makes the tc path SNAT every flow (masqueradeAll), not only those from
+	// outside clusterCIDR or to remote backends.
 	Masquerade bool
+	// NodeAddress marks a frontend on one of the node's own addresses (NodePorts, and
+	// externalIPs or load-balancer IPs assigned to the node): without a usable backend the tc
+	// path leaves its packets to the stack, which refuses them (TCP RST, ICMP port
+	// unreachable), as kube-proxy's REJECT does.
+	NodeAddress bool
 	// SourceRanges, when non-nil, are the only client prefixes the tc path accepts
 	// (loadBalancerSourceRanges on load-balancer IPs).
 	SourceRanges []netip.Prefix
@@ -108,7 +114,9 @@ func PlanService(st *model.State, s *model.Service, nodeAddrs []netip.Addr) ([]F
 			internal = toKeys(cat.Local)
 		}
 		external, extLocal := cluster, false
-		if s.ExternalTrafficPolicyLocal && cat.UsesLocal {
+		// Local without any usable endpoint in the cluster is refused like any service
+		// without endpoints; with endpoints on other nodes only, it drops (as kube-proxy).
+		if s.ExternalTrafficPolicyLocal && cat.UsesLocal && len(cluster) > 0 {
 			external, extLocal = toKeys(cat.Local), true
 		}
 		// Endpoints that still serve but are not chosen for new flows: kept for old flows.
@@ -129,11 +137,16 @@ func PlanService(st *model.State, s *model.Service, nodeAddrs []netip.Addr) ([]F
 				Local:           isLocal,
 				AffinitySeconds: affinity,
 				Masquerade:      scope == ScopeExt && st.MasqueradeAll && !isLocal,
+				NodeAddress:     scope == ScopeExt && isNodeAddr(nodeAddrs, addr),
 			})
 			return &out[len(out)-1]
 		}
 		for _, ip := range s.ClusterIPs {
 			add(ip, p.Port, ScopeInt, internal, s.InternalTrafficPolicyLocal)
+			// Outside clients whose router sends the service range to this node reach
+			// ClusterIPs too, as with kube-proxy: through the endpoints internalTrafficPolicy
+			// picks, masqueraded when they come from outside clusterCIDR.
+			add(ip, p.Port, ScopeExt, internal, false)
 		}
 		// Clients on the node reach external addresses through the cluster-wide endpoints, as
 		// kube-proxy short-circuits pod and host traffic to them; outside clients follow
@@ -164,6 +177,15 @@ func PlanService(st *model.State, s *model.Service, nodeAddrs []netip.Addr) ([]F
 	}
 	sort.Slice(out, func(i, j int) bool { return lessFrontend(out[i].Key, out[j].Key) })
 	return out, local
+}
+
+func isNodeAddr(addrs []netip.Addr, a netip.Addr) bool {
+	for _, n := range addrs {
+		if n == a {
+			return true
+		}
+	}
+	return false
 }
 
 // nodePortAddrs filters the node's addresses by st.NodePortAddresses (empty: all of them,

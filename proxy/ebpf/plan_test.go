@@ -41,8 +41,12 @@ func keys(bs []BackendKey) []string {
 func TestPlanTerminatingAfterActive(t *testing.T) {
 	s := webService(ep("10.244.1.5", "node1", true, true, false), ep("10.244.1.6", "node1", false, true, true), ep("10.244.1.7", "node1", false, false, false))
 	fes, _ := PlanService(testState(s), s, nil)
-	if len(fes) != 1 {
-		t.Fatalf("want one frontend, got %d", len(fes))
+	// One ClusterIP: scope ext (outside clients routed to the node) and scope int (socket-LB).
+	if len(fes) != 2 || fes[0].Key.Scope != ScopeExt || fes[1].Key.Scope != ScopeInt {
+		t.Fatalf("want the ClusterIP in both scopes, got %+v", fes)
+	}
+	if fes[0].Local || fes[0].NodeAddress || fmt.Sprint(keys(fes[0].Active)) != fmt.Sprint(keys(fes[1].Active)) {
+		t.Errorf("ClusterIP for outside clients: %+v, want the internal endpoints, not Local, not a node address", fes[0])
 	}
 	if got := keys(fes[0].Active); fmt.Sprint(got) != "[10.244.1.5:8080]" {
 		t.Errorf("active = %v", got)
@@ -77,8 +81,13 @@ func TestPlanNodePortAndPolicies(t *testing.T) {
 			t.Errorf("%v: affinity %d", f.Key, f.AffinitySeconds)
 		}
 		got[fmt.Sprintf("%s:%d/%s", f.Key.Addr, f.Key.Port, scope)] = fmt.Sprint(keys(f.Active), f.Local)
+		// Only NodePorts on node addresses are left to the stack (refused) without endpoints.
+		if want := f.Key.Scope == ScopeExt && f.Key.Port == 30080; f.NodeAddress != want {
+			t.Errorf("%v: NodeAddress %v, want %v", f.Key, f.NodeAddress, want)
+		}
 	}
 	want := map[string]string{
+		"10.96.0.10:80/ext":    "[10.244.1.5:8080 10.244.2.5:8080] false",
 		"10.96.0.10:80/int":    "[10.244.1.5:8080 10.244.2.5:8080] false",
 		"172.31.0.50:80/int":   "[10.244.1.5:8080 10.244.2.5:8080] false",
 		"172.31.0.50:80/ext":   "[10.244.1.5:8080] true",
@@ -106,7 +115,7 @@ func TestPlanNodePortAndPolicies(t *testing.T) {
 func TestPlanNoEndpointsStillHasFrontend(t *testing.T) {
 	s := webService()
 	fes, _ := PlanService(testState(s), s, nil)
-	if len(fes) != 1 || len(fes[0].Active) != 0 {
+	if len(fes) != 2 || len(fes[0].Active) != 0 || len(fes[1].Active) != 0 {
 		t.Fatalf("a port without endpoints must keep a frontend with count 0 (to refuse): %+v", fes)
 	}
 	e := newEntries()

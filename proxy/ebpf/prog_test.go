@@ -93,8 +93,9 @@ func TestSelectSkipsTerminatingAndRefusesEmpty(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(e.Backends) != 1 || len(e.Services) != 3 {
-		t.Errorf("after shrink: %d backends, %d service entries; want 1 and 3", len(e.Backends), len(e.Services))
+	// web: 2 scopes x (head + 1 slot); empty: 2 scopes x head.
+	if len(e.Backends) != 1 || len(e.Services) != 6 {
+		t.Errorf("after shrink: %d backends, %d service entries; want 1 and 6", len(e.Backends), len(e.Services))
 	}
 }
 
@@ -230,11 +231,84 @@ func TestTCRemoteBackendSNATAndReselect(t *testing.T) {
 		t.Fatalf("after backend removal the flow still goes to %v", dst)
 	}
 
-	// No endpoints at all: dropped, like kube-proxy's REJECT/DROP.
+	// No endpoints at all: a NodePort (a node address) is left to the stack, which refuses
+	// it (RST / ICMP port unreachable, like kube-proxy's REJECT); the ClusterIP, which no
+	// one on the node answers for, is dropped.
 	st3 := testState(nodePortService(false))
 	mustSync(t, b, st2, st3)
-	if ret, _ := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, netip.MustParseAddrPort("172.31.0.102:1234"), nodePort, nil)); ret != tcActShot {
-		t.Fatalf("no endpoints: verdict %d, want drop", ret)
+	if ret, _ := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, netip.MustParseAddrPort("172.31.0.102:1234"), nodePort, nil)); ret != tcActUnspec {
+		t.Fatalf("no endpoints, NodePort: verdict %d, want the stack (unspec) to refuse it", ret)
+	}
+	if ret, _ := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, netip.MustParseAddrPort("172.31.0.102:1234"), vip, nil)); ret != tcActShot {
+		t.Fatalf("no endpoints, ClusterIP from outside: verdict %d, want drop", ret)
+	}
+	// Local policy with endpoints on other nodes only: dropped, as kube-proxy does.
+	st4 := testState(nodePortService(true, ep("10.244.2.5", "node2", true, true, false)))
+	mustSync(t, b, st3, st4)
+	if ret, _ := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, netip.MustParseAddrPort("172.31.0.102:1235"), nodePort, nil)); ret != tcActShot {
+		t.Fatalf("Local without a local endpoint: verdict %d, want drop", ret)
+	}
+}
+
+// TestTCLocalBackendMasquerade: under policy Cluster a flow from outside clusterCIDR is
+// masqueraded also when its backend is local, for NodePorts and for ClusterIPs reached from
+// outside; the backend's reply, which comes back through the pod bridge, is translated there
+// and routed out. A source inside clusterCIDR keeps its address.
+func TestTCLocalBackendMasquerade(t *testing.T) {
+	b := newTestBackend(t, Options{})
+	local := netip.MustParseAddrPort("10.244.1.5:8080")
+	st := testState(nodePortService(false, ep("10.244.1.5", "node1", true, true, false)))
+	mustSync(t, b, nil, st)
+	if err := b.objs.SvcIfaddrs.Put(uint32(1), addrToBE(nodePort.Addr())); err != nil {
+		t.Fatal(err)
+	}
+	for i, fe := range []netip.AddrPort{nodePort, vip} {
+		cl := netip.AddrPortFrom(client.Addr(), client.Port()+uint16(i))
+		ret, out := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, cl, fe, nil))
+		if ret != tcActRedir {
+			t.Fatalf("%v: ingress verdict %d, want redirect (masqueraded)", fe, ret)
+		}
+		src, dst := tuple(t, out)
+		if src.Addr() != nodePort.Addr() || dst != local {
+			t.Fatalf("%v: %v -> %v, want SNAT to %v and DNAT to %v", fe, src, dst, nodePort.Addr(), local)
+		}
+		// The reply reaches the pod interface, addressed to the node.
+		if ret, _ := runTC(t, b.objs.SvcTcEgress, packet(protoTCP, local, src, nil)); ret != tcActUnspec {
+			t.Fatalf("%v: egress touched a masqueraded reply (verdict %d)", fe, ret)
+		}
+		ret, out = runTC(t, b.objs.SvcTcPodIngress, packet(protoTCP, local, src, []byte("reply")))
+		if ret != tcActRedir {
+			t.Fatalf("%v: pod ingress verdict %d, want redirect", fe, ret)
+		}
+		if s, d := tuple(t, out); s != fe || d != cl {
+			t.Fatalf("%v: reply %v -> %v, want %v -> %v", fe, s, d, fe, cl)
+		}
+	}
+	// A pod of another node (inside clusterCIDR) is not masqueraded toward a local backend.
+	pod := netip.MustParseAddrPort("10.244.3.7:4000")
+	ret, out := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, pod, nodePort, nil))
+	if src, dst := tuple(t, out); ret != tcActOK || src != pod || dst != local {
+		t.Fatalf("source in clusterCIDR: verdict %d, %v -> %v, want %v -> %v unredirected", ret, src, dst, pod, local)
+	}
+	// Its reply is not the pod interface's business (egress restores it on the way out).
+	if ret, _ := runTC(t, b.objs.SvcTcPodIngress, packet(protoTCP, local, pod, nil)); ret != tcActUnspec {
+		t.Fatalf("pod ingress on an unmasqueraded reply: verdict %d", ret)
+	}
+	// Traffic of pods that is no reply passes untouched.
+	if ret, _ := runTC(t, b.objs.SvcTcPodIngress, packet(protoTCP, local, netip.MustParseAddrPort("172.31.0.1:22"), nil)); ret != tcActUnspec {
+		t.Fatalf("pod ingress on unrelated traffic: verdict %d", ret)
+	}
+	// Without clusterCIDR every source is outside it: masqueraded.
+	st2 := testState(nodePortService(false, ep("10.244.1.5", "node1", true, true, false)))
+	st2.ClusterCIDRs = nil
+	mustSync(t, b, st, st2)
+	if err := b.objs.SvcIfaddrs.Put(uint32(1), addrToBE(nodePort.Addr())); err != nil {
+		t.Fatal(err)
+	}
+	pod2 := netip.MustParseAddrPort("10.244.3.7:4001")
+	if ret, out := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, pod2, nodePort, nil)); ret != tcActRedir {
+		src, _ := tuple(t, out)
+		t.Fatalf("no clusterCIDR: verdict %d (source %v), want masqueraded", ret, src)
 	}
 }
 
@@ -270,8 +344,17 @@ func TestTCSourceRangesAndMasquerade(t *testing.T) {
 	s2.LoadBalancerIPs = s.LoadBalancerIPs
 	st2 := testState(s2)
 	mustSync(t, b, st, st2)
-	if ret, _ := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, client, lbIP, nil)); ret != tcActOK {
+	// (The settings change made that sync full, which rewrote svc_ifaddrs.)
+	if err := b.objs.SvcIfaddrs.Put(uint32(1), addrToBE(nodePort.Addr())); err != nil {
+		t.Fatal(err)
+	}
+	// Accepted; from outside clusterCIDR, so masqueraded even without masqueradeAll.
+	ret, out = runTC(t, b.objs.SvcTcIngress, packet(protoTCP, client, lbIP, nil))
+	if ret != tcActRedir {
 		t.Fatalf("without ranges: verdict %d", ret)
+	}
+	if src, _ := tuple(t, out); src.Addr() != nodePort.Addr() {
+		t.Fatalf("without ranges: source %v, want masqueraded to %v", src, nodePort.Addr())
 	}
 	e, err := b.readMaps()
 	if err != nil {

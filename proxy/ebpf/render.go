@@ -226,6 +226,9 @@ func render(e *Entries, fes []Frontend, local map[BackendKey]bool, t *ids, taken
 		if fe.Masquerade {
 			head.Flags |= flagSNAT
 		}
+		if fe.NodeAddress {
+			head.Flags |= flagNodeAddr
+		}
 		if fe.SourceRanges != nil {
 			head.Flags |= flagRanges
 			for _, p := range fe.SourceRanges {
