@@ -75,11 +75,16 @@ func newEBPF(cfg *config.Config, log *slog.Logger) (proxy.Backend, error) {
 		}
 		ifaces = found
 	}
-	b, err := ebpf.New(ebpf.Options{CgroupPath: cgroup, Interfaces: ifaces, PinPath: cfg.EBPFPinPath, Logger: log})
+	// The pod bridge carries the replies of local backends to masqueraded outside clients.
+	var podIfaces []string
+	if cfg.Bridge != "" {
+		podIfaces = []string{cfg.Bridge}
+	}
+	b, err := ebpf.New(ebpf.Options{CgroupPath: cgroup, Interfaces: ifaces, PodInterfaces: podIfaces, PinPath: cfg.EBPFPinPath, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	log.Info("ebpf backend", "cgroup", cgroup, "interfaces", ifaces, "pins", cfg.EBPFPinPath)
+	log.Info("ebpf backend", "cgroup", cgroup, "interfaces", ifaces, "podInterfaces", podIfaces, "pins", cfg.EBPFPinPath)
 	return b, nil
 }
 
