@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/svcproxy/svcproxy/api"
@@ -30,6 +31,7 @@ import (
 	"github.com/svcproxy/svcproxy/proxy/routes"
 	"github.com/svcproxy/svcproxy/proxy/syncloop"
 	"github.com/svcproxy/svcproxy/source/kube"
+	"k8s.io/klog/v2"
 )
 
 // Options are the daemon's command-line settings; those left empty come from the config file.
@@ -60,10 +62,12 @@ type Daemon struct {
 	modeWhy string
 	loop    *syncloop.Loop
 
-	store   *ipam.Store
-	svcs    *ipam.ServiceAllocator // standalone mode only
-	pods    *ipam.PodAllocator     // nil when this node has no pod range
-	kube    *kube.Source           // cluster mode only
+	store *ipam.Store
+	svcs  *ipam.ServiceAllocator // standalone mode only
+	// pods is nil until this node's pod range is known: from the config at start, or in
+	// cluster mode from the Node's spec.podCIDRs once the API source has synced.
+	pods    atomic.Pointer[ipam.PodAllocator]
+	kube    *kube.Source // cluster mode only
 	checker *healthcheck.Checker
 	routes  *routes.Manager
 	hcnp    *healthserver.Server
@@ -160,6 +164,8 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 	defer d.store.Close()
 
 	if clusterMode(d.opts) {
+		// client-go logs through klog: send it to our structured log instead of raw stderr.
+		klog.SetSlogLogger(d.log)
 		client, err := kube.ClientFromFlags(d.opts.Kubeconfig)
 		if err != nil {
 			return &InputError{fmt.Errorf("kubernetes client: %w", err)}
@@ -178,9 +184,8 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 		}
 	}
 	if podCIDRs := d.cfg.PodCIDRsFor(d.cfg.NodeName); len(podCIDRs) > 0 {
-		d.pods, err = d.store.NewPodAllocator(podCIDRs, d.cfg.NodeName)
-		if err != nil {
-			return &InputError{fmt.Errorf("pod allocator for %v: %w", podCIDRs, err)}
+		if err := d.ensurePodAllocator(podCIDRs); err != nil {
+			return &InputError{err}
 		}
 	}
 
@@ -287,10 +292,29 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 // podNetwork is what svcproxy-cni wires pods to.
 func (d *Daemon) podNetwork() podserver.Network {
 	n := podserver.Network{Bridge: d.cfg.Bridge, MTU: 1500}
-	if d.pods != nil {
-		n.Ranges = podadapter.New(d.pods).Ranges()
+	if pods := d.pods.Load(); pods != nil {
+		n.Ranges = podadapter.New(pods).Ranges()
 	}
 	return n
+}
+
+// ensurePodAllocator creates the pod allocator for podCIDRs unless one exists (a later change
+// of the node's range needs a restart, as with a kubelet).
+func (d *Daemon) ensurePodAllocator(podCIDRs []netip.Prefix) error {
+	if cur := d.pods.Load(); cur != nil {
+		if !samePrefixes(cur.Ranges(), podCIDRs) {
+			d.log.Warn("this node's pod range changed; restart the daemon to use it", "now", cur.Ranges(), "new", podCIDRs)
+		}
+		return nil
+	}
+	a, err := d.store.NewPodAllocator(podCIDRs, d.cfg.NodeName)
+	if err != nil {
+		return fmt.Errorf("pod allocator for %v: %w", podCIDRs, err)
+	}
+	if d.pods.CompareAndSwap(nil, a) {
+		d.log.Info("pod IPAM ready", "ranges", podCIDRs)
+	}
+	return nil
 }
 
 // PodNetwork implements podserver.NetInfo.

@@ -7,7 +7,6 @@ import (
 
 	"github.com/svcproxy/svcproxy/api"
 	"github.com/svcproxy/svcproxy/api/podserver"
-	"github.com/svcproxy/svcproxy/ipam/podadapter"
 )
 
 func (d *Daemon) metricsHandler() http.Handler {
@@ -62,10 +61,7 @@ func (d *Daemon) apiHandler() http.Handler {
 	mux.HandleFunc("GET "+api.PathStatus, func(w http.ResponseWriter, r *http.Request) {
 		api.WriteJSON(w, http.StatusOK, d.status(r.Context()))
 	})
-	if d.pods != nil {
-		ipam := notifyingIPAM{PodIPAM: podadapter.New(d.pods), changed: d.requestRepublish}
-		podserver.New(ipam, d, d.log).Register(mux)
-	}
+	podserver.New(notifyingIPAM{PodIPAM: lazyPodIPAM{d}, changed: d.requestRepublish}, d, d.log).Register(mux)
 	return mux
 }
 
@@ -90,8 +86,8 @@ func (d *Daemon) status(ctx context.Context) *api.Status {
 	if ls.LastDuration > 0 {
 		s.LastSyncDuration = ls.LastDuration.String()
 	}
-	if d.pods != nil {
-		if u, err := d.pods.Status(ctx); err == nil {
+	if pods := d.pods.Load(); pods != nil {
+		if u, err := pods.Status(ctx); err == nil {
 			for _, r := range u.Ranges {
 				s.IPAM = append(s.IPAM, api.Range{Kind: string(r.Kind), Range: r.Range, Size: r.Size, Used: r.Used, Cooling: r.CoolingDown})
 			}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/api/podserver"
 	"github.com/svcproxy/svcproxy/config"
+	"github.com/svcproxy/svcproxy/ipam/podadapter"
 	"github.com/svcproxy/svcproxy/proxy/healthcheck"
 	"github.com/svcproxy/svcproxy/proxy/healthserver"
 	"github.com/svcproxy/svcproxy/proxy/model"
@@ -107,6 +109,11 @@ func (d *Daemon) runPublisher(ctx context.Context) error {
 		now := time.Now()
 		if d.kube != nil {
 			if st := d.kube.State(); st != nil {
+				if len(st.PodCIDRs) > 0 {
+					if err := d.ensurePodAllocator(st.PodCIDRs); err != nil {
+						d.log.Error("pod IPAM", "err", err)
+					}
+				}
 				d.publish(ctx, st, now)
 			}
 			continue
@@ -172,10 +179,11 @@ func healthSpecs(cfg *config.Config) map[model.ServiceKey]healthcheck.Spec {
 
 // podList returns the pods registered through svcproxy-cni on this node.
 func (d *Daemon) podList(ctx context.Context) []model.Pod {
-	if d.pods == nil {
+	a := d.pods.Load()
+	if a == nil {
 		return nil
 	}
-	pods, err := d.pods.Pods(ctx)
+	pods, err := a.Pods(ctx)
 	if err != nil {
 		d.log.Error("listing pods from IPAM", "err", err)
 	}
@@ -230,14 +238,15 @@ func (d *Daemon) runPodGC(ctx context.Context) error {
 
 // gcPods frees pod IPs whose pod is gone from the API (cluster mode, cache synced only).
 func (d *Daemon) gcPods(ctx context.Context) {
-	if d.pods == nil || d.kube == nil || !d.kube.Synced() {
+	pods := d.pods.Load()
+	if pods == nil || d.kube == nil || !d.kube.Synced() {
 		return
 	}
 	live := map[[2]string]bool{}
 	for _, p := range d.kube.Pods() {
 		live[[2]string{p.Namespace, p.Name}] = true
 	}
-	usage, err := d.pods.Status(ctx)
+	usage, err := pods.Status(ctx)
 	if err != nil {
 		d.log.Error("pod GC: reading IPAM", "err", err)
 		return
@@ -247,7 +256,7 @@ func (d *Daemon) gcPods(ctx context.Context) {
 		if o.Name == "" || live[[2]string{o.Namespace, o.Name}] || time.Since(a.Allocated) < podGCGrace {
 			continue
 		}
-		if _, err := d.pods.ReleasePodGeneration(ctx, o.ContainerID, o.IfName, a.Generation); err != nil {
+		if _, err := pods.ReleasePodGeneration(ctx, o.ContainerID, o.IfName, a.Generation); err != nil {
 			d.log.Error("pod GC: release", "pod", o.Namespace+"/"+o.Name, "err", err)
 			continue
 		}
@@ -265,4 +274,58 @@ func samePrefixes(a, b []netip.Prefix) bool {
 		}
 	}
 	return true
+}
+
+// errPodRangeUnknown answers pod calls that arrive before this node's pod range is known.
+var errPodRangeUnknown = errors.New("this node's pod range is not known yet (no podCIDR in the config, or the Node's spec.podCIDRs not seen yet): try again later")
+
+// lazyPodIPAM serves the pod API from the pod allocator once it exists.
+type lazyPodIPAM struct{ d *Daemon }
+
+func (l lazyPodIPAM) get() (podadapter.Adapter, error) {
+	a := l.d.pods.Load()
+	if a == nil {
+		return podadapter.Adapter{}, errPodRangeUnknown
+	}
+	return podadapter.New(a), nil
+}
+
+func (l lazyPodIPAM) Allocate(ctx context.Context, p podserver.Pod) ([]netip.Addr, error) {
+	a, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	return a.Allocate(ctx, p)
+}
+
+func (l lazyPodIPAM) Release(ctx context.Context, at podserver.Attachment) error {
+	a, err := l.get()
+	if err != nil {
+		return err
+	}
+	return a.Release(ctx, at)
+}
+
+func (l lazyPodIPAM) Check(ctx context.Context, at podserver.Attachment) ([]netip.Addr, error) {
+	a, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	return a.Check(ctx, at)
+}
+
+func (l lazyPodIPAM) GC(ctx context.Context, valid []podserver.Attachment) ([]podserver.Released, error) {
+	a, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	return a.GC(ctx, valid)
+}
+
+func (l lazyPodIPAM) Ready(ctx context.Context) error {
+	a, err := l.get()
+	if err != nil {
+		return err
+	}
+	return a.Ready(ctx)
 }

@@ -65,13 +65,17 @@ func KubeBinDir(t testing.TB) string {
 }
 
 // SvcproxyBinary returns the path of an svcproxy binary for tests that run the daemon:
-// $SVCPROXY_BIN when set, else a fresh `go build ./cmd/svcproxy` of this work tree into a
+// $SVCPROXY_BIN when set (the binary, or a directory holding it), else a fresh `go build ./cmd/svcproxy` of this work tree into a
 // temporary directory (fast with a warm build cache), so a test never runs a stale bin/.
 func SvcproxyBinary(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("SVCPROXY_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
+		fi, err := os.Stat(p)
+		if err != nil {
 			t.Fatalf("harness: SVCPROXY_BIN: %v", err)
+		}
+		if fi.IsDir() { // a directory such as bin/, as test/netns accepts too
+			p = filepath.Join(p, "svcproxy")
 		}
 		return p
 	}
