@@ -3,9 +3,11 @@ package ebpf
 import (
 	"bufio"
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 type nodeNet struct {
 	client, node, node2, pod string
 	nodeIf                   string
+	podIf                    string // the node's interface toward the pod
 }
 
 func newNodeNet(t *testing.T) nodeNet {
@@ -41,6 +44,7 @@ func newNodeNet(t *testing.T) nodeNet {
 
 	vn, vp := randName("vn"), randName("vp")
 	run(t, "ip", "link", "add", vn, "netns", n.node, "type", "veth", "peer", "name", vp, "netns", n.pod)
+	n.podIf = vn
 	run(t, "ip", "-n", n.node, "addr", "add", "10.244.1.1/24", "dev", vn)
 	run(t, "ip", "-n", n.node, "link", "set", vn, "up")
 	run(t, "ip", "-n", n.pod, "addr", "add", "10.244.1.5/24", "dev", vp)
@@ -112,8 +116,10 @@ func TestTCRealKernel(t *testing.T) {
 	st := testState(
 		svc("local", "10.96.0.20", 30080, true, eps("node1", "node2")),
 		svc("remote", "10.96.0.21", 30081, false, eps("node2")),
+		svc("cluster", "10.96.0.22", 30082, false, eps("node1")),
+		svc("none", "10.96.0.23", 30083, false, nil),
 	)
-	b, err := newTestBackendIn(t, n.node, Options{Interfaces: []string{n.nodeIf}})
+	b, err := newTestBackendIn(t, n.node, Options{Interfaces: []string{n.nodeIf}, PodInterfaces: []string{n.podIf}})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -136,7 +142,84 @@ func TestTCRealKernel(t *testing.T) {
 			t.Fatalf("NodePort to a remote backend: %q, %v", got, err)
 		}
 	}
+	// Cluster policy to a local backend, from outside clusterCIDR: masqueraded too (as
+	// kube-proxy does); the reply comes back through the pod interface and is sent out there.
+	for i := 0; i < 3; i++ {
+		got, err := dialFrom(t, n.client, "172.31.0.1:30082")
+		if err != nil || got != "10.244.1.5:8080 from 172.31.0.1" {
+			t.Fatalf("NodePort to a local backend: %q, %v", got, err)
+		}
+	}
+	// A ClusterIP reached by a client that routes the service range via the node.
+	run(t, "ip", "-n", n.client, "route", "add", "10.96.0.0/16", "via", "172.31.0.1")
+	for _, vip := range []string{"10.96.0.22:80", "10.96.0.21:80"} {
+		got, err := dialFrom(t, n.client, vip)
+		if err != nil || !strings.HasSuffix(got, " from 172.31.0.1") {
+			t.Fatalf("ClusterIP %s from outside: %q, %v (want an answer to the masqueraded node address)", vip, got, err)
+		}
+	}
+	// A NodePort without endpoints is refused at once (the stack answers with a RST).
+	if _, err := dialFrom(t, n.client, "172.31.0.1:30083"); err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("NodePort without endpoints: %v, want connection refused", err)
+	}
 	if ok, err := b.Verify(context.Background()); err != nil || !ok {
 		t.Errorf("Verify = %v, %v", ok, err)
+	}
+}
+
+// TestPodInterfaceAttachedLater: the pod bridge may not exist when the daemon starts (the CNI
+// plugin makes it with the first pod). New then succeeds, and a later full sync attaches the
+// pod program to it; a restarted backend reuses that pinned link.
+func TestPodInterfaceAttachedLater(t *testing.T) {
+	requireRoot(t)
+	ns := netnsAdd(t, "svcb-")
+	br := randName("br")
+	pin := privateBPFFS(t)
+	opts := Options{PinPath: pin, PodInterfaces: []string{br}}
+	b, err := newTestBackendIn(t, ns, opts)
+	if err != nil {
+		t.Fatalf("New without the pod interface: %v", err)
+	}
+	if _, ok := b.links[linkTCXPod+br]; ok {
+		t.Fatal("a link for a missing interface")
+	}
+	run(t, "ip", "-n", ns, "link", "add", br, "type", "bridge")
+	st := testState(webService())
+	inNetns(t, ns, func() { _, err = b.Sync(context.Background(), st, model.Diff(nil, st), true) })
+	if err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	l, ok := b.links[linkTCXPod+br]
+	if !ok {
+		t.Fatal("full sync did not attach the pod interface that appeared")
+	}
+	info, err := l.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idx int
+	inNetns(t, ns, func() {
+		ifc, ierr := net.InterfaceByName(br)
+		if ierr == nil {
+			idx = ifc.Index
+		}
+	})
+	if tcx := info.TCX(); tcx == nil || int(tcx.Ifindex) != idx {
+		t.Fatalf("pod link attached to %+v, want ifindex %d", info.TCX(), idx)
+	}
+	if ok, err := b.Verify(context.Background()); err != nil || !ok {
+		t.Fatalf("Verify = %v, %v", ok, err)
+	}
+	// A restart (Close, New) reuses the pinned link instead of attaching a second one.
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b2, err := newTestBackendIn(t, ns, opts)
+	if err != nil {
+		t.Fatalf("New after restart: %v", err)
+	}
+	info2, err := b2.links[linkTCXPod+br].Info()
+	if err != nil || info2.ID != info.ID {
+		t.Fatalf("restart: pod link %v (err %v), want the pinned link %d reused", info2, err, info.ID)
 	}
 }
