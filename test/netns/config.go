@@ -52,6 +52,9 @@ type Service struct {
 	InternalTrafficPolicy         string         `yaml:"internalTrafficPolicy,omitempty"`
 	Ports                         []ServicePort  `yaml:"ports"`
 	Endpoints                     []EndpointSpec `yaml:"endpoints,omitempty"`
+
+	// Selector makes the pods registered through svcproxy-cni whose labels match endpoints.
+	Selector map[string]string `yaml:"selector,omitempty"`
 }
 
 // ServicePort is one port of a Service.
