@@ -345,10 +345,11 @@ int svc_tc_ingress(struct __sk_buff *skb)
 	__u32 nat_saddr = p.saddr;
 	__u16 nat_sport = p.sport;
 	__u8 snat = 0;
-	/* Policy Cluster: masquerade what comes from outside clusterCIDR (as kube-proxy does),
-	 * and whatever goes to a remote backend, which would otherwise answer the client
-	 * directly. Policy Local keeps the client address (local backends only). masqueradeAll
-	 * (SVC_F_SNAT) masquerades everything. */
+	/* Policy Cluster: masquerade what comes from outside clusterCIDR (as kube-proxy does for
+	 * ClusterIPs), and whatever goes to a remote backend, which would otherwise answer the
+	 * client directly. SVC_F_SNAT masquerades every flow (external destinations under policy
+	 * Cluster, as kube-proxy's KUBE-EXT chains; masqueradeAll). Policy Local keeps the
+	 * client address (local backends only). */
 	if ((r.svc_flags & SVC_F_SNAT) ||
 	    (!(r.svc_flags & SVC_F_LOCAL) && (!(r.be_flags & BE_F_LOCAL) || !in_cluster(p.saddr)))) {
 		__u32 ifindex = skb->ifindex;

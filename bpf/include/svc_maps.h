@@ -24,7 +24,8 @@
 /* svc_value.flags, meaningful in slot 0. */
 #define SVC_F_AFFINITY 0x01 /* sessionAffinity ClientIP: affinity_timeout holds seconds */
 #define SVC_F_LOCAL 0x02    /* traffic policy Local for this scope: keep the client address */
-#define SVC_F_SNAT 0x04     /* tc path: always SNAT to the node (masqueradeAll) */
+#define SVC_F_SNAT 0x04     /* tc path: always SNAT to the node (external destinations under
+			     * policy Cluster, masqueradeAll) */
 #define SVC_F_RANGES 0x08   /* tc path: only sources in svc_src_ranges (loadBalancerSourceRanges) */
 #define SVC_F_NODE_ADDR 0x10 /* tc path: the frontend address is a node address; without
 			      * backends the packet is left to the stack, which refuses it */

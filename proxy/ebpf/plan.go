@@ -56,8 +56,9 @@ type Frontend struct {
 	Local bool
 	// AffinitySeconds > 0 means sessionAffinity ClientIP with that timeout.
 	AffinitySeconds uint32
-	// Masquerade makes the tc path SNAT every flow (masqueradeAll), not only those from
-	// outside clusterCIDR or to remote backends.
+	// Masquerade makes the tc path SNAT every flow, not only those from outside
+	// clusterCIDR or to remote backends: external destinations under policy Cluster, and
+	// everything but Local with masqueradeAll.
 	Masquerade bool
 	// NodeAddress marks a frontend on one of the node's own addresses (NodePorts, and
 	// externalIPs or load-balancer IPs assigned to the node): without a usable backend the tc
@@ -136,8 +137,11 @@ func PlanService(st *model.State, s *model.Service, nodeAddrs []netip.Addr) ([]F
 				Terminating:     minus(serving, active),
 				Local:           isLocal,
 				AffinitySeconds: affinity,
-				Masquerade:      scope == ScopeExt && st.MasqueradeAll && !isLocal,
-				NodeAddress:     scope == ScopeExt && isNodeAddr(nodeAddrs, addr),
+				// External destinations (NodePorts, externalIPs, load-balancer IPs) under
+				// policy Cluster are masqueraded whatever the source, like kube-proxy's
+				// KUBE-EXT chains (ClusterIPs are set apart below).
+				Masquerade:  scope == ScopeExt && !isLocal,
+				NodeAddress: scope == ScopeExt && isNodeAddr(nodeAddrs, addr),
 			})
 			return &out[len(out)-1]
 		}
@@ -145,8 +149,11 @@ func PlanService(st *model.State, s *model.Service, nodeAddrs []netip.Addr) ([]F
 			add(ip, p.Port, ScopeInt, internal, s.InternalTrafficPolicyLocal)
 			// Outside clients whose router sends the service range to this node reach
 			// ClusterIPs too, as with kube-proxy: through the endpoints internalTrafficPolicy
-			// picks, masqueraded when they come from outside clusterCIDR.
-			add(ip, p.Port, ScopeExt, internal, false)
+			// picks, masqueraded when they come from outside clusterCIDR (the tc program
+			// checks the source) unless masqueradeAll.
+			if fe := add(ip, p.Port, ScopeExt, internal, false); fe != nil {
+				fe.Masquerade = st.MasqueradeAll
+			}
 		}
 		// Clients on the node reach external addresses through the cluster-wide endpoints, as
 		// kube-proxy short-circuits pod and host traffic to them; outside clients follow

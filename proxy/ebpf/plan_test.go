@@ -101,6 +101,26 @@ func TestPlanNodePortAndPolicies(t *testing.T) {
 	if !local[BackendKey{netip.MustParseAddr("10.244.1.5"), 8080, protoTCP}] || local[BackendKey{netip.MustParseAddr("10.244.2.5"), 8080, protoTCP}] {
 		t.Errorf("local flags wrong: %v", local)
 	}
+	for _, f := range fes {
+		if f.Masquerade {
+			t.Errorf("%v: masquerade set under policy Local (or on a ClusterIP without masqueradeAll)", f.Key)
+		}
+	}
+	// Policy Cluster: external destinations are always masqueraded, ClusterIPs only from
+	// outside clusterCIDR (decided per packet) unless masqueradeAll.
+	s.ExternalTrafficPolicyLocal = false
+	for _, all := range []bool{false, true} {
+		st := testState(s)
+		st.MasqueradeAll = all
+		fes, _ := PlanService(st, s, nodeAddrs)
+		for _, f := range fes {
+			want := f.Key.Scope == ScopeExt && (all || f.Key.Addr.String() != "10.96.0.10")
+			if f.Masquerade != want {
+				t.Errorf("masqueradeAll %v, %v: Masquerade %v, want %v", all, f.Key, f.Masquerade, want)
+			}
+		}
+	}
+	s.ExternalTrafficPolicyLocal = true
 	// NodePortAddresses restricts NodePort frontends.
 	st := testState(s)
 	st.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}

@@ -284,11 +284,20 @@ func TestTCLocalBackendMasquerade(t *testing.T) {
 			t.Fatalf("%v: reply %v -> %v, want %v -> %v", fe, s, d, fe, cl)
 		}
 	}
-	// A pod of another node (inside clusterCIDR) is not masqueraded toward a local backend.
+	// A pod of another node (inside clusterCIDR) reaching the ClusterIP through this node
+	// keeps its address toward a local backend (kube-proxy masquerades ClusterIP traffic
+	// from outside clusterCIDR only)...
 	pod := netip.MustParseAddrPort("10.244.3.7:4000")
-	ret, out := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, pod, nodePort, nil))
+	ret, out := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, pod, vip, nil))
 	if src, dst := tuple(t, out); ret != tcActOK || src != pod || dst != local {
-		t.Fatalf("source in clusterCIDR: verdict %d, %v -> %v, want %v -> %v unredirected", ret, src, dst, pod, local)
+		t.Fatalf("ClusterIP, source in clusterCIDR: verdict %d, %v -> %v, want %v -> %v unredirected", ret, src, dst, pod, local)
+	}
+	// ... but not toward the NodePort: external destinations under policy Cluster are
+	// masqueraded whatever the source (kube-proxy's KUBE-EXT chains).
+	podNP := netip.MustParseAddrPort("10.244.3.7:4002")
+	ret, out = runTC(t, b.objs.SvcTcIngress, packet(protoTCP, podNP, nodePort, nil))
+	if src, dst := tuple(t, out); ret != tcActRedir || src.Addr() != nodePort.Addr() || dst != local {
+		t.Fatalf("NodePort, source in clusterCIDR: verdict %d, %v -> %v, want masqueraded to %v", ret, src, dst, nodePort.Addr())
 	}
 	// Its reply is not the pod interface's business (egress restores it on the way out).
 	if ret, _ := runTC(t, b.objs.SvcTcPodIngress, packet(protoTCP, local, pod, nil)); ret != tcActUnspec {
@@ -298,7 +307,7 @@ func TestTCLocalBackendMasquerade(t *testing.T) {
 	if ret, _ := runTC(t, b.objs.SvcTcPodIngress, packet(protoTCP, local, netip.MustParseAddrPort("172.31.0.1:22"), nil)); ret != tcActUnspec {
 		t.Fatalf("pod ingress on unrelated traffic: verdict %d", ret)
 	}
-	// Without clusterCIDR every source is outside it: masqueraded.
+	// Without clusterCIDR every source is outside it: masqueraded, for ClusterIPs too.
 	st2 := testState(nodePortService(false, ep("10.244.1.5", "node1", true, true, false)))
 	st2.ClusterCIDRs = nil
 	mustSync(t, b, st, st2)
@@ -306,7 +315,7 @@ func TestTCLocalBackendMasquerade(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod2 := netip.MustParseAddrPort("10.244.3.7:4001")
-	if ret, out := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, pod2, nodePort, nil)); ret != tcActRedir {
+	if ret, out := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, pod2, vip, nil)); ret != tcActRedir {
 		src, _ := tuple(t, out)
 		t.Fatalf("no clusterCIDR: verdict %d (source %v), want masqueraded", ret, src)
 	}
