@@ -20,9 +20,9 @@ import (
 	"time"
 )
 
-// Serve answers each connection accepted on line with "NAME\n" and closes it, and swallows
-// everything sent to sink. It returns when ctx ends.
-func Serve(ctx context.Context, name string, line, sink net.Listener) error {
+// Serve answers each connection accepted on any of lines with "NAME\n" and closes it, and
+// swallows everything sent to sink. It returns when ctx ends.
+func Serve(ctx context.Context, name string, lines []net.Listener, sink net.Listener) error {
 	var wg sync.WaitGroup
 	accept := func(ln net.Listener, handle func(net.Conn)) {
 		defer wg.Done()
@@ -35,18 +35,23 @@ func Serve(ctx context.Context, name string, line, sink net.Listener) error {
 		}
 	}
 	msg := []byte(name + "\n")
-	wg.Add(2)
-	go accept(line, func(c net.Conn) {
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		c.Write(msg)
-	})
+	for _, line := range lines {
+		wg.Add(1)
+		go accept(line, func(c net.Conn) {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			c.Write(msg)
+		})
+	}
+	wg.Add(1)
 	go accept(sink, func(c net.Conn) {
 		defer c.Close()
 		io.Copy(io.Discard, c)
 	})
 	<-ctx.Done()
-	line.Close()
+	for _, line := range lines {
+		line.Close()
+	}
 	sink.Close()
 	wg.Wait()
 	return nil

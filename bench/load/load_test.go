@@ -19,7 +19,7 @@ func TestRateStreamWatchOnLoopback(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { Serve(ctx, "pod-x", line, sink); close(done) }()
+	go func() { Serve(ctx, "pod-x", []net.Listener{line}, sink); close(done) }()
 	defer func() { cancel(); <-done }()
 
 	res, err := Rate(context.Background(), RateSpec{Addr: line.Addr().String(), Workers: 2, Duration: 20 * time.Second, Max: 300})

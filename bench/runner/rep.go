@@ -31,8 +31,12 @@ var (
 )
 
 const (
-	nodeName    = "node1"
-	serverPort  = 8080 // the line server, the services' targetPort
+	nodeName   = "node1"
+	serverPort = 8080 // the line server, the services' targetPort
+	// directPort is the same server on another port, for direct-to-pod probes: direct and VIP
+	// connections then never share a 4-tuple, so a direct SYN cannot hit the reply side of a
+	// VIP connection's conntrack entry still in TIME_WAIT (which netfilter would drop).
+	directPort  = 8081
 	sinkPort    = 9090 // the stream sink
 	metricsAddr = "127.0.0.1:10249"
 	healthzAddr = "127.0.0.1:10256"
@@ -89,7 +93,7 @@ func (r *Run) runRep(ctx context.Context, res *Result, rep int, last bool) (time
 	for _, p := range []string{"pod-a", "pod-b"} {
 		pod := sb.Pod(p)
 		if _, err := sb.Start(ctx, netns.ProcSpec{Name: "server-" + p, NS: &pod.Namespace, ReadyLine: "ready",
-			Argv: []string{r.opts.Self, "serve", "--name", p, "--line", fmt.Sprintf(":%d", serverPort), "--sink", fmt.Sprintf(":%d", sinkPort)}}); err != nil {
+			Argv: []string{r.opts.Self, "serve", "--name", p, "--line", fmt.Sprintf(":%d", serverPort), "--line", fmt.Sprintf(":%d", directPort), "--sink", fmt.Sprintf(":%d", sinkPort)}}); err != nil {
 			return 0, err
 		}
 	}
@@ -99,7 +103,7 @@ func (r *Run) runRep(ctx context.Context, res *Result, rep int, last bool) (time
 		data = &DataResult{}
 		// The physical floor: straight to the pod, before any proxy rule exists.
 		for i := 0; i < r.opts.Rounds; i++ {
-			rr, err := r.rate(ctx, sb, client, netip.AddrPortFrom(podA, serverPort))
+			rr, err := r.rate(ctx, sb, client, netip.AddrPortFrom(podA, directPort))
 			if err != nil {
 				return 0, fmt.Errorf("floor round: %w", err)
 			}
@@ -167,6 +171,9 @@ func (r *Run) runRep(ctx context.Context, res *Result, rep int, last bool) (time
 	if data != nil {
 		if err := r.measureData(ctx, sb, client, probeVIP, data); err != nil {
 			res.Errors = append(res.Errors, "data path: "+err.Error())
+		}
+		if out, err := runCmd(ctx, "ip", "netns", "exec", sb.Node.Name, "cat", "/proc/sys/net/netfilter/nf_conntrack_count"); err == nil {
+			data.Conntrack, _ = strconv.Atoi(strings.TrimSpace(out))
 		}
 		res.Data = data
 	}
@@ -307,7 +314,7 @@ func (r *Run) measureChanges(ctx context.Context, sb *netns.Sandbox, client *net
 
 // measureData alternates VIP and direct rounds (the order flips every round), then streams.
 func (r *Run) measureData(ctx context.Context, sb *netns.Sandbox, client *netns.Pod, vip netip.AddrPort, data *DataResult) error {
-	direct := netip.AddrPortFrom(podA, serverPort)
+	direct := netip.AddrPortFrom(podA, directPort)
 	for i := 0; i < r.opts.Rounds; i++ {
 		order := []bool{true, false}
 		if i%2 == 1 {

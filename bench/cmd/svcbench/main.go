@@ -23,6 +23,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"syscall"
 	"time"
 
@@ -60,12 +61,18 @@ func main() {
 	}
 }
 
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+
 func printJSON(v any) error { return json.NewEncoder(os.Stdout).Encode(v) }
 
 func serve(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	name := fs.String("name", "", "name to answer with")
-	lineAddr := fs.String("line", ":8080", "address of the line server")
+	var lineAddrs listFlag
+	fs.Var(&lineAddrs, "line", "address of a line server (repeatable; default :8080)")
 	sinkAddr := fs.String("sink", ":9090", "address of the stream sink")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -73,16 +80,23 @@ func serve(ctx context.Context, args []string) error {
 	if *name == "" {
 		return fmt.Errorf("serve: --name is required")
 	}
-	line, err := net.Listen("tcp", *lineAddr)
-	if err != nil {
-		return err
+	if len(lineAddrs) == 0 {
+		lineAddrs = listFlag{":8080"}
+	}
+	var lines []net.Listener
+	for _, a := range lineAddrs {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			return err
+		}
+		lines = append(lines, ln)
 	}
 	sink, err := net.Listen("tcp", *sinkAddr)
 	if err != nil {
 		return err
 	}
 	fmt.Println("ready")
-	return load.Serve(ctx, *name, line, sink)
+	return load.Serve(ctx, *name, lines, sink)
 }
 
 func rate(ctx context.Context, args []string) error {
