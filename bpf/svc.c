@@ -253,6 +253,113 @@ static __always_inline int nat_out(struct __sk_buff *skb, struct pkt *p, __u8 sn
 	return fib_redirect(skb, saddr, daddr);
 }
 
+#define TCP_FL_FIN 0x01
+#define TCP_FL_SYN 0x02
+#define TCP_FL_RST 0x04
+#define TCP_FL_ACK 0x10
+#define TCP_OFF (ETH_HLEN_ + 20)
+#define TCP_CSUM_OFF (TCP_OFF + 16)
+#define RST_TAIL_MAX 40
+
+/* reject_tcp turns a TCP segment sent to a frontend without backends into the RST its
+ * destination would answer with, and sends it back out of the interface it came in on, so the
+ * client is refused at once (kube-proxy REJECTs these). Checksums are updated incrementally,
+ * which is right both for a full checksum and for one a device still has to complete; what
+ * cannot be answered cheaply (IP options, more than RST_TAIL_MAX bytes of TCP options and
+ * payload, a RST) is dropped. */
+static __always_inline int reject_tcp(struct __sk_buff *skb, struct pkt *p)
+{
+	struct {
+		__u32 seq;
+		__u32 ack;
+		__u16 flags; /* data offset, flags */
+		__u16 window;
+		__u16 csum;
+		__u16 urg;
+	} th, nth;
+	__u8 tail_buf[RST_TAIL_MAX] = {};
+	__u8 macs[12], swapped[12];
+	__u16 tot_be, ttl_be, new_tot = bpf_htons(40), new_ttl;
+	__u32 tot, hlen, tail, payload, i;
+	__u8 fl;
+
+	if (p->l4_off != TCP_OFF)
+		return TC_ACT_SHOT; /* IP options */
+	if (bpf_skb_load_bytes(skb, ETH_HLEN_ + 2, &tot_be, 2) < 0 ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN_ + 8, &ttl_be, 2) < 0 ||
+	    bpf_skb_load_bytes(skb, TCP_OFF + 4, &th, sizeof(th)) < 0)
+		return TC_ACT_SHOT;
+	fl = (__u8)(bpf_ntohs(th.flags) & 0xff);
+	hlen = (bpf_ntohs(th.flags) >> 12) * 4;
+	tot = bpf_ntohs(tot_be);
+	if (fl & TCP_FL_RST || hlen < 20 || tot < 20 + hlen)
+		return TC_ACT_SHOT;
+	payload = tot - 20 - hlen;
+	tail = tot - 40; /* TCP options and payload, removed */
+	if (tail > RST_TAIL_MAX)
+		return TC_ACT_SHOT;
+
+	nth = th;
+	nth.window = 0;
+	nth.urg = 0;
+	if (fl & TCP_FL_ACK) {
+		nth.seq = th.ack;
+		nth.ack = 0;
+		nth.flags = bpf_htons(0x5000 | TCP_FL_RST);
+	} else {
+		nth.seq = 0;
+		nth.ack = bpf_htonl(bpf_ntohl(th.seq) + payload + !!(fl & TCP_FL_SYN) + !!(fl & TCP_FL_FIN));
+		nth.flags = bpf_htons(0x5000 | TCP_FL_RST | TCP_FL_ACK);
+	}
+
+	/* TCP checksum: the removed bytes, the changed fields and the pseudo-header length.
+	 * Swapping addresses and ports leaves the sum alone. */
+	if (tail > 0) {
+		if (bpf_skb_load_bytes(skb, TCP_OFF + 20, tail_buf, tail) < 0)
+			return TC_ACT_SHOT;
+		__s64 diff = bpf_csum_diff((__be32 *)tail_buf, sizeof(tail_buf), 0, 0, 0);
+		if (diff < 0 || bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0, (__u32)diff, 0) < 0)
+			return TC_ACT_SHOT;
+	}
+	if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF, th.seq, nth.seq, 4) < 0 ||
+	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, th.ack, nth.ack, 4) < 0 ||
+	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, th.flags, nth.flags, 2) < 0 ||
+	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, th.window, 0, 2) < 0 ||
+	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, th.urg, 0, 2) < 0 ||
+	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, bpf_htons(tot - 20), bpf_htons(20),
+				BPF_F_PSEUDO_HDR | 2) < 0)
+		return TC_ACT_SHOT;
+	/* Read back the checksum the helpers computed, then write the new header over. */
+	if (bpf_skb_load_bytes(skb, TCP_CSUM_OFF, &nth.csum, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, TCP_OFF + 4, &nth, sizeof(nth), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, TCP_OFF, &p->dport, 2, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, TCP_OFF + 2, &p->sport, 2, 0) < 0)
+		return TC_ACT_SHOT;
+
+	/* IPv4: new length and TTL, addresses swapped. */
+	new_ttl = (ttl_be & bpf_htons(0x00ff)) | bpf_htons(64 << 8);
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, tot_be, new_tot, 2) < 0 ||
+	    bpf_l3_csum_replace(skb, IP_CSUM_OFF, ttl_be, new_ttl, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN_ + 2, &new_tot, 2, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN_ + 8, &new_ttl, 2, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_SRC_OFF, &p->daddr, 4, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_DST_OFF, &p->saddr, 4, 0) < 0)
+		return TC_ACT_SHOT;
+
+	/* Ethernet: back to the sender. */
+	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)) < 0)
+		return TC_ACT_SHOT;
+	for (i = 0; i < 6; i++) {
+		swapped[i] = macs[i + 6];
+		swapped[i + 6] = macs[i];
+	}
+	if (bpf_skb_store_bytes(skb, 0, swapped, sizeof(swapped), 0) < 0)
+		return TC_ACT_SHOT;
+	if (skb->len > ETH_HLEN_ + 40 && bpf_skb_change_tail(skb, ETH_HLEN_ + 40, 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
 /* snat_port picks the source port a SNATed flow uses toward backend be: the client's own port
  * when free, else a random one; 0 when none was found. */
 static __always_inline __u16 snat_port(struct pkt *p, __u32 node, __u32 be_addr, __u16 be_port)
@@ -334,11 +441,15 @@ int svc_tc_ingress(struct __sk_buff *skb)
 	if (r.verdict != LB_OK) {
 		/* Like kube-proxy's REJECT: a frontend on a node address is left to the stack,
 		 * where nothing listens on it, so the client gets a TCP RST or an ICMP port
-		 * unreachable at once. Other frontends are dropped (nothing would answer for
-		 * their address), and so is policy Local without a local endpoint while other
-		 * nodes have some (kube-proxy drops these too). */
-		if ((r.svc_flags & SVC_F_NODE_ADDR) && !(r.svc_flags & SVC_F_LOCAL))
+		 * unreachable at once. TCP to other frontends (ClusterIPs, addresses not on the
+		 * node) is answered with a RST here; their UDP is dropped. Policy Local without a
+		 * local endpoint while other nodes have some is dropped (as kube-proxy does). */
+		if (r.svc_flags & SVC_F_LOCAL)
+			return TC_ACT_SHOT;
+		if (r.svc_flags & SVC_F_NODE_ADDR)
 			return TC_ACT_UNSPEC;
+		if (p.proto == SVC_PROTO_TCP)
+			return reject_tcp(skb, &p);
 		return TC_ACT_SHOT;
 	}
 

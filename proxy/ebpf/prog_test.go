@@ -2,6 +2,7 @@ package ebpf
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math/rand"
 	"net/netip"
@@ -125,11 +126,12 @@ func TestSelectAffinity(t *testing.T) {
 func runTC(t *testing.T, prog *ebpf.Program, pkt []byte) (uint32, []byte) {
 	t.Helper()
 	out := make([]byte, len(pkt)+256)
-	ret, err := prog.Run(&ebpf.RunOptions{Data: pkt, DataOut: out})
+	opts := ebpf.RunOptions{Data: pkt, DataOut: out}
+	ret, err := prog.Run(&opts)
 	if err != nil {
 		t.Fatalf("tc test run: %v", err)
 	}
-	return ret, out[:len(pkt)]
+	return ret, opts.DataOut
 }
 
 func nodePortService(local bool, eps ...model.Endpoint) *model.Service {
@@ -239,9 +241,64 @@ func TestTCRemoteBackendSNATAndReselect(t *testing.T) {
 	if ret, _ := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, netip.MustParseAddrPort("172.31.0.102:1234"), nodePort, nil)); ret != tcActUnspec {
 		t.Fatalf("no endpoints, NodePort: verdict %d, want the stack (unspec) to refuse it", ret)
 	}
-	if ret, _ := runTC(t, b.objs.SvcTcIngress, packet(protoTCP, netip.MustParseAddrPort("172.31.0.102:1234"), vip, nil)); ret != tcActShot {
-		t.Fatalf("no endpoints, ClusterIP from outside: verdict %d, want drop", ret)
+	// The ClusterIP (no one on the node answers for it): TCP is answered with a RST built
+	// from the packet and sent back; UDP is dropped.
+	cl := netip.MustParseAddrPort("172.31.0.102:1234")
+	syn := packet(protoTCP, cl, vip, nil)
+	copy(syn[0:6], []byte{2, 0, 0, 0, 0, 1})   // destination MAC (the node)
+	copy(syn[6:12], []byte{2, 0, 0, 0, 0, 2})  // source MAC (the client's router)
+	binary.BigEndian.PutUint32(syn[38:], 1000) // sequence number
+	// TCP options (an MSS option and padding) that the RST must not carry.
+	syn = withTCPOptions(syn, []byte{2, 4, 0x05, 0xb4, 1, 1, 1, 0})
+	ret, out = runTC(t, b.objs.SvcTcIngress, syn)
+	if ret != tcActRedir {
+		t.Fatalf("no endpoints, ClusterIP from outside: verdict %d, want a RST sent back (redirect)", ret)
 	}
+	if len(out) != 54 {
+		t.Fatalf("RST is %d bytes, want 54 (no options, no payload)", len(out))
+	}
+	if src, dst := tuple(t, out); src != vip || dst != cl {
+		t.Fatalf("RST %v -> %v, want %v -> %v", src, dst, vip, cl)
+	}
+	if fmt.Sprint(out[0:6], out[6:12]) != fmt.Sprint([]byte{2, 0, 0, 0, 0, 2}, []byte{2, 0, 0, 0, 0, 1}) {
+		t.Errorf("RST MACs %x -> %x, want swapped", out[6:12], out[0:6])
+	}
+	if flags, ack, seq := out[47], binary.BigEndian.Uint32(out[42:]), binary.BigEndian.Uint32(out[38:]); flags != 0x14 || ack != 1001 || seq != 0 {
+		t.Errorf("RST flags %#x seq %d ack %d, want RST|ACK seq 0 ack 1001", flags, seq, ack)
+	}
+	if out[46]>>4 != 5 || binary.BigEndian.Uint16(out[16:]) != 40 {
+		t.Errorf("RST header: data offset %d, IP total length %d", out[46]>>4, binary.BigEndian.Uint16(out[16:]))
+	}
+	// A segment with ACK and an odd-length payload: the RST takes its sequence number from
+	// the acknowledgment, and the checksum stays right with the payload removed.
+	seg := packet(protoTCP, cl, vip, []byte("abc"))
+	seg[47] = 0x18                              // PSH|ACK
+	binary.BigEndian.PutUint32(seg[42:], 77777) // acknowledgment number
+	seg = withTCPOptions(seg[:54], nil)
+	seg = append(seg, 'a', 'b', 'c')
+	binary.BigEndian.PutUint16(seg[16:], uint16(len(seg)-14))
+	seg[24], seg[25] = 0, 0
+	binary.BigEndian.PutUint16(seg[24:], checksum(seg[14:34], 0))
+	seg[50], seg[51] = 0, 0
+	binary.BigEndian.PutUint16(seg[50:], checksum(seg[34:], pseudo(seg[14:34], len(seg)-34)))
+	ret, out = runTC(t, b.objs.SvcTcIngress, seg)
+	if ret != tcActRedir || len(out) != 54 {
+		t.Fatalf("ACK segment: verdict %d, %d bytes; want a 54-byte RST", ret, len(out))
+	}
+	tuple(t, out) // checks both checksums
+	if flags, seq := out[47], binary.BigEndian.Uint32(out[38:]); flags != 0x04 || seq != 77777 {
+		t.Errorf("RST to an ACK segment: flags %#x seq %d, want RST seq 77777", flags, seq)
+	}
+	udp := webService()
+	udp.Ports[0].Protocol = model.UDP
+	udp.Key.Name = "udp"
+	udp.ClusterIPs = []netip.Addr{netip.MustParseAddr("10.96.0.30")}
+	st3u := testState(nodePortService(false), udp)
+	mustSync(t, b, st3, st3u)
+	if ret, _ := runTC(t, b.objs.SvcTcIngress, packet(protoUDP, cl, netip.MustParseAddrPort("10.96.0.30:80"), nil)); ret != tcActShot {
+		t.Fatalf("no endpoints, UDP ClusterIP from outside: verdict %d, want drop", ret)
+	}
+	st3 = st3u
 	// Local policy with endpoints on other nodes only: dropped, as kube-proxy does.
 	st4 := testState(nodePortService(true, ep("10.244.2.5", "node2", true, true, false)))
 	mustSync(t, b, st3, st4)
@@ -434,4 +491,18 @@ func TestTCTerminatingKeepsExistingFlows(t *testing.T) {
 			t.Fatalf("new flow went to terminating backend %v", dst)
 		}
 	}
+}
+
+// withTCPOptions returns the TCP packet pkt (built by packet, without payload) with opts
+// appended to its TCP header, lengths and checksums updated.
+func withTCPOptions(pkt, opts []byte) []byte {
+	out := append(append([]byte(nil), pkt...), opts...)
+	ip, l4 := out[14:34], out[34:]
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(out)-14))
+	ip[10], ip[11] = 0, 0
+	binary.BigEndian.PutUint16(ip[10:], checksum(ip, 0))
+	l4[12] = byte((20+len(opts))/4) << 4
+	l4[16], l4[17] = 0, 0
+	binary.BigEndian.PutUint16(l4[16:], checksum(l4, pseudo(ip, len(l4))))
+	return out
 }

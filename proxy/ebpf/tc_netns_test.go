@@ -158,9 +158,12 @@ func TestTCRealKernel(t *testing.T) {
 			t.Fatalf("ClusterIP %s from outside: %q, %v (want an answer to the masqueraded node address)", vip, got, err)
 		}
 	}
-	// A NodePort without endpoints is refused at once (the stack answers with a RST).
-	if _, err := dialFrom(t, n.client, "172.31.0.1:30083"); err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Fatalf("NodePort without endpoints: %v, want connection refused", err)
+	// A NodePort without endpoints is refused at once (the stack answers with a RST), and so
+	// is the ClusterIP (the tc program answers with a RST of its own).
+	for _, addr := range []string{"172.31.0.1:30083", "10.96.0.23:80"} {
+		if _, err := dialFrom(t, n.client, addr); err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("%s without endpoints: %v, want connection refused", addr, err)
+		}
 	}
 	if ok, err := b.Verify(context.Background()); err != nil || !ok {
 		t.Errorf("Verify = %v, %v", ok, err)
