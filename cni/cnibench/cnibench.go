@@ -49,8 +49,8 @@ const ReferenceBridge = "cnibr0"
 const (
 	DefaultPods   = 50
 	MaxPods       = 250
-	DefaultRounds = 4
-	MaxRounds     = 10
+	DefaultRounds = 10
+	MaxRounds     = 20
 )
 
 // Options shape a run.
@@ -147,6 +147,14 @@ func Run(ctx context.Context, opts Options) (map[string]*Samples, error) {
 	out := map[string]*Samples{}
 	for _, n := range nets {
 		out[n.name] = &Samples{}
+	}
+	// Warm-up, not measured: each plugin makes its bridge, page cache and the daemon's first
+	// syncs settle.
+	warm := pods[:min(len(pods), 10)]
+	for _, n := range nets {
+		if _, _, err := n.round(ctx, warm); err != nil {
+			return nil, fmt.Errorf("cnibench: warm-up, %s: %w", n.name, err)
+		}
 	}
 	for r := 0; r < opts.Rounds; r++ {
 		order := []*network{nets[0], nets[1]}

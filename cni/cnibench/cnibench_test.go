@@ -38,8 +38,8 @@ func TestRowsAndMarkdown(t *testing.T) {
 	}
 	md := Markdown(rows, Machine{CPUs: 2, CPUModel: "cpu", Kernel: "6.1", GoVersion: "go1.26"}, Options{Pods: 2, Rounds: 1}, "cnibench --pods 2")
 	for _, want := range []string{
-		"| ADD | 9.0 ms | 9.8 ms | 18.0 ms | 19.6 ms | 0.50 | 0.50 |",
-		"| DEL | 20.0 ms | 20.0 ms | 10.0 ms | 10.0 ms | 2.00 | 2.00 |",
+		"| ADD | 9.0 ms | 9.8 ms | 18.0 ms | 19.6 ms | 0.50 | 0.50 | 1 of 1 |",
+		"| DEL | 20.0 ms | 20.0 ms | 10.0 ms | 10.0 ms | 2.00 | 2.00 | 0 of 1 |",
 		"CPUs (nproc): 2", "kernel: 6.1", "Go: go1.26", "cnibench --pods 2", "# CNI benchmark",
 	} {
 		if !strings.Contains(md, want) {

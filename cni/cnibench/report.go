@@ -64,6 +64,9 @@ type Row struct {
 	Op                    string
 	Svcproxy, Reference   Figures
 	RatioMedian, RatioP90 float64
+	// Faster counts the rounds whose svcproxy-cni median is below the reference's median of
+	// the same round (a paired comparison, robust against the machine's load drifting).
+	Faster, Rounds int
 }
 
 // Rows turns Run's samples into the ADD and DEL rows.
@@ -76,6 +79,12 @@ func Rows(samples map[string]*Samples) ([]Row, error) {
 		row := Row{Op: op, Svcproxy: Summarize(a), Reference: Summarize(b)}
 		row.RatioMedian = stats.Ratio(float64(row.Svcproxy.Median), float64(row.Reference.Median))
 		row.RatioP90 = stats.Ratio(float64(row.Svcproxy.P90), float64(row.Reference.P90))
+		for i := 0; i < len(a) && i < len(b); i++ {
+			row.Rounds++
+			if median(a[i]) < median(b[i]) {
+				row.Faster++
+			}
+		}
 		return row
 	}
 	return []Row{mk("ADD", s.Add, r.Add), mk("DEL", s.Del, r.Del)}, nil
@@ -87,12 +96,22 @@ type Machine struct {
 	CPUModel  string
 	Kernel    string
 	GoVersion string
+	// Date is when the figures were taken (UTC).
+	Date string
+	// Load is /proc/loadavg's 1, 5 and 15 minute load averages when ThisMachine ran.
+	Load string
 }
 
-// ThisMachine reads the CPU count and model, the kernel release and the Go version that
-// built this program.
+// ThisMachine reads the CPU count and model, the kernel release, the Go version that built
+// this program, the date and the load average.
 func ThisMachine() Machine {
-	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), CPUModel: "unknown", Kernel: "unknown"}
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), CPUModel: "unknown", Kernel: "unknown",
+		Date: time.Now().UTC().Format("2006-01-02 15:04 MST")}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			m.Load = strings.Join(f[:3], " ")
+		}
+	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(b))
 	}
@@ -125,13 +144,16 @@ includes starting cnitool and the plugin binaries, which both sides pay alike.
 * **bridge+host-local**: the reference plugins of containernetworking/plugins built from this
   module's tool dependencies, ` + "`bridge`" + ` (bridge ` + "`" + ReferenceBridge + "`" + ` in the node namespace,
   isDefaultGateway, hairpinMode) with ` + "`host-local`" + ` IPAM on ` + ReferenceRangeText + ` and a temporary dataDir.
-* The same pod network namespaces serve both plugins. Pods are added one after another,
+* The same pod network namespaces serve both plugins. One unmeasured warm-up round of up to 10
+  pods per plugin comes first (bridges made, caches warm). Pods are added one after another,
   then deleted one after another; each round does this for both plugins, and the plugin that
   goes first alternates between rounds. Every ADD result is checked (a fresh address from the
   plugin's range), and after the run the daemon and host-local must hold no address.
 * Medians and 90th percentiles are over every pod of every round; "rounds" gives the lowest
-  and highest per-round median. Ratio = svcproxy-cni / bridge+host-local (below 1: svcproxy-cni
-  is faster). These are figures, not pass/fail.
+  and highest per-round median, "rounds svcproxy-cni faster" in how many rounds its median
+  was below the reference's of the same round. Ratio = svcproxy-cni / bridge+host-local (below 1: svcproxy-cni
+  is faster). These are figures, not pass/fail. The per-round spread shows how busy the
+  machine was; on a shared machine compare the ratios rather than absolute times.
 `
 
 // Text forms of the ranges for Method.
@@ -145,14 +167,14 @@ func Markdown(rows []Row, m Machine, opts Options, command string) string {
 	var b strings.Builder
 	b.WriteString(Method)
 	fmt.Fprintf(&b, "\n## Results\n\n%d pods per round, %d rounds per plugin (%d samples per figure).\n\n", opts.Pods, opts.Rounds, opts.Pods*opts.Rounds)
-	b.WriteString("| operation | svcproxy-cni median | svcproxy-cni p90 | bridge+host-local median | bridge+host-local p90 | ratio median | ratio p90 | svcproxy-cni rounds | bridge+host-local rounds |\n")
-	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n")
+	b.WriteString("| operation | svcproxy-cni median | svcproxy-cni p90 | bridge+host-local median | bridge+host-local p90 | ratio median | ratio p90 | rounds svcproxy-cni faster | svcproxy-cni rounds | bridge+host-local rounds |\n")
+	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %.2f | %.2f | %s-%s | %s-%s |\n", r.Op,
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %.2f | %.2f | %d of %d | %s-%s | %s-%s |\n", r.Op,
 			ms(r.Svcproxy.Median), ms(r.Svcproxy.P90), ms(r.Reference.Median), ms(r.Reference.P90),
-			r.RatioMedian, r.RatioP90, ms(r.Svcproxy.RoundMin), ms(r.Svcproxy.RoundMax), ms(r.Reference.RoundMin), ms(r.Reference.RoundMax))
+			r.RatioMedian, r.RatioP90, r.Faster, r.Rounds, ms(r.Svcproxy.RoundMin), ms(r.Svcproxy.RoundMax), ms(r.Reference.RoundMin), ms(r.Reference.RoundMax))
 	}
-	fmt.Fprintf(&b, "\n## Machine\n\n* CPUs (nproc): %d (%s)\n* kernel: %s\n* Go: %s\n", m.CPUs, m.CPUModel, m.Kernel, m.GoVersion)
+	fmt.Fprintf(&b, "\n## Machine\n\n* CPUs (nproc): %d (%s)\n* kernel: %s\n* Go: %s\n* taken: %s, load average at the end %s (other work on the machine)\n", m.CPUs, m.CPUModel, m.Kernel, m.GoVersion, m.Date, m.Load)
 	fmt.Fprintf(&b, "\n## Command\n\n```sh\n%s\n```\n", command)
 	return b.String()
 }
