@@ -31,7 +31,8 @@ type nodeSpec struct {
 }
 
 // startDaemon writes a settings-only ProxyConfig for node and runs the real svcproxy in its
-// namespace with the admin kubeconfig, in cluster mode. Everything it keeps on disk is the
+// namespace with the admin kubeconfig, in cluster mode. An empty spec.podCIDR leaves podCIDR
+// out of the file: the daemon then takes this node's pod range from its Node object. Everything it keeps on disk is the
 // test's: state dir, API socket, and a private bpffs for ebpf.pinPath (the iptables backend
 // removes what an ebpf run left under that path).
 func startDaemon(t *testing.T, bin string, c *harness.Cluster, node *harness.Node, spec nodeSpec, mode string) *harness.Process {
@@ -40,12 +41,15 @@ func startDaemon(t *testing.T, bin string, c *harness.Cluster, node *harness.Nod
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	podCIDRLine := ""
+	if spec.podCIDR != "" {
+		podCIDRLine = "podCIDR: " + spec.podCIDR + "\n"
+	}
 	cfg := fmt.Sprintf(`apiVersion: svcproxy.io/v1alpha1
 kind: ProxyConfig
 mode: %s
 clusterCIDR: %s
-podCIDR: %s
-serviceCIDR: %s
+%sserviceCIDR: %s
 bridge: svc0
 metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 0.0.0.0:10256
@@ -54,7 +58,7 @@ apiSocket: %s
 minSyncPeriod: 100ms
 ebpf:
   pinPath: %s
-`, mode, harness.ClusterCIDR, spec.podCIDR, harness.ServiceCIDR, filepath.Join(dir, "state"), filepath.Join(dir, "svcproxy.sock"),
+`, mode, harness.ClusterCIDR, podCIDRLine, harness.ServiceCIDR, filepath.Join(dir, "state"), filepath.Join(dir, "svcproxy.sock"),
 		filepath.Join(harness.NewBPFFS(t), "svcproxy"))
 	cfgPath := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {

@@ -97,3 +97,48 @@ func SvcproxyBinary(t testing.TB) string {
 	t.Logf("harness: built svcproxy in %s", time.Since(start).Round(time.Millisecond))
 	return out
 }
+
+// CNIBinaries returns a directory (a CNI_PATH) holding svcproxy-cni and the reference CNI
+// client cnitool. svcproxy-cni is taken from $SVCPROXY_BIN when that is a directory holding
+// it (bin/, next to the daemon under test), else built from ./cmd/svcproxy-cni of this work
+// tree; cnitool is built from the module's tool dependency github.com/containernetworking/cni/cnitool.
+func CNIBinaries(t testing.TB) string {
+	t.Helper()
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	dir := t.TempDir()
+	pkgs := []struct{ pkg, name string }{{"github.com/containernetworking/cni/cnitool", "cnitool"}}
+	plugin := ""
+	if p := os.Getenv("SVCPROXY_BIN"); p != "" {
+		if fi, err := os.Stat(filepath.Join(p, "svcproxy-cni")); err == nil && fi.Mode().IsRegular() {
+			plugin = filepath.Join(p, "svcproxy-cni")
+		}
+	}
+	if plugin == "" {
+		pkgs = append(pkgs, struct{ pkg, name string }{"./cmd/svcproxy-cni", "svcproxy-cni"})
+	} else {
+		b, err := os.ReadFile(plugin)
+		if err != nil {
+			t.Fatalf("harness: %v", err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "svcproxy-cni"), b, 0o755); err != nil {
+			t.Fatalf("harness: %v", err)
+		}
+	}
+	start := time.Now()
+	for _, p := range pkgs {
+		cmd := exec.Command(goBin, "build", "-o", filepath.Join(dir, p.name), p.pkg)
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("harness: building %s: %v\n%s", p.pkg, err, b)
+		}
+	}
+	t.Logf("harness: CNI binaries in %s (built in %s)", dir, time.Since(start).Round(time.Millisecond))
+	return dir
+}
