@@ -160,20 +160,27 @@ func testCNIRealDaemon(t *testing.T, mode, bin, cniBin string) {
 	for _, p := range []*Pod{webB, other} {
 		w.cnitoolOK("check", p)
 	}
-	if err := w.s.RecreateNamespace(w.ctx, &webB.Namespace); err != nil {
-		t.Fatal(err)
-	}
-	_, ipB2 := w.add("web-b", map[string]string{"app": "web", "tier": "front"}, &webB.Namespace)
-	if ipB2 != ipB {
-		t.Errorf("repeated ADD of web-b's container after a daemon restart got %v, want its address %v", ipB2, ipB)
-	}
-	if st := w.status(); podUsed(st) != 2 {
-		t.Errorf("repeated ADD changed the pod IP count: used %d, want 2", podUsed(st))
-	}
-	if _, err := w.s.StartServer(w.ctx, webB, ServeSpec{TCP: []uint16{cniPodPort}}); err != nil {
-		t.Fatal(err)
-	}
-	w.requireOnly("after restart and repeated ADD", &other.Namespace, webB)
+	// The same container in a re-created sandbox (same netns path, so the same container ID
+	// for cnitool): the repeated ADD gets the same address, and the VIP reaches the pod again.
+	_ = t.Run("repeated ADD of a re-created pod keeps its address", func(t *testing.T) {
+		w := w.with(t)
+		if err := w.s.RecreateNamespace(w.ctx, &webB.Namespace); err != nil {
+			t.Fatal(err)
+		}
+		_, ipB2 := w.add("web-b", map[string]string{"app": "web", "tier": "front"}, &webB.Namespace)
+		if ipB2 != ipB {
+			t.Errorf("repeated ADD of web-b's container after a daemon restart got %v, want its address %v", ipB2, ipB)
+		}
+		if st := w.status(); podUsed(st) != 2 || !slices.Equal(cniEndpoints(st), sortedAddrs(ipB)) {
+			t.Errorf("repeated ADD changed the state: used %d, endpoints %v; want 2 and [%v]", podUsed(st), cniEndpoints(st), ipB)
+		}
+	}) && t.Run("VIP reaches the re-created pod", func(t *testing.T) {
+		w := w.with(t)
+		if _, err := w.s.StartServer(w.ctx, webB, ServeSpec{TCP: []uint16{cniPodPort}}); err != nil {
+			t.Fatal(err)
+		}
+		w.requireOnly("after restart and repeated ADD", &other.Namespace, webB)
+	})
 
 	// cnitool gc names no valid attachment: everything is freed and the service has no endpoints.
 	w.cnitoolOK("gc", other)
@@ -215,6 +222,13 @@ func newCNIWorld(t *testing.T, mode, bin, cniBin string) *cniWorld {
 	})
 	w.cni = c
 	return w
+}
+
+// with returns a copy of w that reports to t (a subtest).
+func (w *cniWorld) with(t *testing.T) *cniWorld {
+	c := *w
+	c.t = t
+	return &c
 }
 
 func (w *cniWorld) startDaemon() {
@@ -367,16 +381,25 @@ func (w *cniWorld) waitOnly(what string, from *Namespace, p *Pod) {
 	w.requireOnly(what, from, p)
 }
 
-// l2 describes what from's neighbour table and the node's hold for p's address, and p's
-// MAC, for failure messages (a stale neighbour entry breaks a re-created pod's traffic).
+// l2 describes, for failure messages, the MAC of p's eth0 and what the neighbour tables of
+// from and of the node hold for p's address, naming entries that point elsewhere (outdated: a
+// re-created pod's new MAC was not announced).
 func (w *cniWorld) l2(from *Namespace, p *Pod) string {
 	var b strings.Builder
+	out, err := run(w.ctx, "ip", "-n", p.Name, "-br", "link", "show", "eth0")
+	var mac string
+	if f := strings.Fields(string(out)); err == nil && len(f) >= 3 {
+		mac = f[2]
+	}
+	fmt.Fprintf(&b, "%s eth0 has MAC %q (%v)", p.PodName, mac, err)
 	for _, ns := range []*Namespace{from, w.s.Node} {
 		out, err := run(w.ctx, "ip", "-n", ns.Name, "neigh", "show", p.IP.String())
-		fmt.Fprintf(&b, "neighbour %s in %s: %q (%v); ", p.IP, ns.Name, strings.TrimSpace(string(out)), err)
+		entry := strings.TrimSpace(string(out))
+		fmt.Fprintf(&b, "; neighbour entry for %s in %s: %q (%v)", p.IP, ns.Name, entry, err)
+		if f := strings.Fields(entry); mac != "" && len(f) > 4 && f[3] == "lladdr" && f[4] != mac {
+			fmt.Fprintf(&b, " OUTDATED: points to %s, not to the pod's MAC %s", f[4], mac)
+		}
 	}
-	out, err := run(w.ctx, "ip", "-n", p.Name, "-br", "link", "show", "eth0")
-	fmt.Fprintf(&b, "%s eth0: %q (%v)", p.PodName, strings.TrimSpace(string(out)), err)
 	return b.String()
 }
 
