@@ -190,3 +190,14 @@ func TestDaemonOnlyCommands(t *testing.T) {
 		t.Fatalf("CHECK without prevResult: %v, want code %d", err, types.ErrInvalidNetworkConfig)
 	}
 }
+
+func TestPodMACFromIP(t *testing.T) {
+	w := &Wiring{IPs: []IPConfig{{Address: netip.MustParsePrefix("fd00::1:2/64")}, {Address: netip.MustParsePrefix("10.244.1.5/24")}}}
+	if got := w.PodMAC().String(); got != "0a:58:0a:f4:01:05" {
+		t.Errorf("MAC from the IPv4 address: %s", got)
+	}
+	w6 := &Wiring{IPs: []IPConfig{{Address: netip.MustParsePrefix("fd00::a:b:c:d/64")}}}
+	if got := w6.PodMAC().String(); got != "0a:58:00:0c:00:0d" {
+		t.Errorf("MAC from the IPv6 address: %s", got)
+	}
+}

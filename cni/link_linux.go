@@ -98,9 +98,10 @@ func prefixOf(n *net.IPNet) netip.Prefix {
 }
 
 // CreateVeth makes the veth pair of an attachment: ifName in the pod's namespace podNS and
-// hostVeth in the caller's, attached to bridge with hairpin mode on. A stale hostVeth of an
+// hostVeth in the caller's, attached to bridge with hairpin mode on; the pod end gets podMAC
+// (nil: a random one). A stale hostVeth of an
 // earlier attempt is deleted first. It fails when ifName already exists in podNS.
-func CreateVeth(podNS ns.NetNS, ifName, hostVeth string, mtu int, bridge string) (host, cont Iface, err error) {
+func CreateVeth(podNS ns.NetNS, ifName, hostVeth string, mtu int, bridge string, podMAC net.HardwareAddr) (host, cont Iface, err error) {
 	if err := deleteLink(hostVeth); err != nil {
 		return Iface{}, Iface{}, fmt.Errorf("deleting stale host veth %s: %w", hostVeth, err)
 	}
@@ -117,7 +118,11 @@ func CreateVeth(podNS ns.NetNS, ifName, hostVeth string, mtu int, bridge string)
 		if _, err := netlinksafe.LinkByName(ifName); err == nil {
 			return fmt.Errorf("interface %s already exists in %s", ifName, podNS.Path())
 		}
-		_, c, err := ip.SetupVethWithName(ifName, hostVeth, mtu, "", hostNS)
+		mac := ""
+		if podMAC != nil {
+			mac = podMAC.String()
+		}
+		_, c, err := ip.SetupVethWithName(ifName, hostVeth, mtu, mac, hostNS)
 		if err != nil {
 			return fmt.Errorf("creating veth pair %s/%s: %w", hostVeth, ifName, err)
 		}

@@ -112,9 +112,12 @@ func TestVerifyAndTeardown(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		host, cont, err := CreateVeth(podNS, "eth0", "svctest0", 0, w.Bridge)
+		host, cont, err := CreateVeth(podNS, "eth0", "svctest0", 0, w.Bridge, w.PodMAC())
 		if err != nil {
 			return err
+		}
+		if want := w.PodMAC().String(); cont.Mac != want {
+			return fmt.Errorf("pod MAC %s, want %s (derived from its IP)", cont.Mac, want)
 		}
 		res := BuildResult(w, br, host, cont)
 		if err := ConfigurePod(podNS, "eth0", res); err != nil {

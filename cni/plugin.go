@@ -164,7 +164,7 @@ func wire(alloc *api.PodAllocation, netns, ifName, hostVeth string) (*current.Re
 	} else if exists {
 		return nil, fmt.Errorf("%s in %s: %w", ifName, netns, ErrIfaceExists)
 	}
-	host, cont, err := CreateVeth(podNS, ifName, hostVeth, w.MTU, w.Bridge)
+	host, cont, err := CreateVeth(podNS, ifName, hostVeth, w.MTU, w.Bridge, w.PodMAC())
 	if err != nil {
 		return nil, err
 	}

@@ -25,6 +25,30 @@ type Wiring struct {
 	IPs    []IPConfig
 }
 
+// PodMAC is the pod interface's MAC address, derived from its first IPv4 address as
+// 0a:58:a:b:c:d (or from the last 4 bytes of its first IPv6 address): the same IP always gets
+// the same MAC, so neighbour entries that peers cached for a pod re-created with the same IP
+// (same container, re-ADD after a restart) stay right instead of black-holing it until they
+// expire.
+func (w *Wiring) PodMAC() net.HardwareAddr {
+	var b []byte
+	for _, ip := range w.IPs {
+		if ip.Address.Addr().Is4() {
+			a := ip.Address.Addr().As4()
+			b = a[:]
+			break
+		}
+	}
+	if b == nil && len(w.IPs) > 0 {
+		a := w.IPs[0].Address.Addr().As16()
+		b = a[12:]
+	}
+	if b == nil {
+		return nil
+	}
+	return net.HardwareAddr{0x0a, 0x58, b[0], b[1], b[2], b[3]}
+}
+
 // GatewayPrefixes are the bridge's addresses: each gateway with its range's prefix length.
 func (w *Wiring) GatewayPrefixes() []netip.Prefix {
 	out := make([]netip.Prefix, len(w.IPs))
