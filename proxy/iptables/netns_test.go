@@ -17,7 +17,7 @@ import (
 )
 
 // needRoot skips a test needing root, unless CI is set: then it fails.
-func needRoot(t *testing.T) {
+func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() == 0 {
 		return
@@ -30,7 +30,7 @@ func needRoot(t *testing.T) {
 
 // newNetns creates a network namespace with a unique name, a dummy underlay interface
 // (one end of a veth pair, 172.31.0.2/24) and routes to the pod and service ranges, removed when the test ends.
-func newNetns(t *testing.T) NetnsRunner {
+func newNetns(t testing.TB) NetnsRunner {
 	t.Helper()
 	needRoot(t)
 	var b [4]byte
@@ -61,7 +61,7 @@ func newNetns(t *testing.T) NetnsRunner {
 	return r
 }
 
-func mustRun(t *testing.T, r Runner, name string, args ...string) string {
+func mustRun(t testing.TB, r Runner, name string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

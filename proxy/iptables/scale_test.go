@@ -12,12 +12,14 @@ import (
 	"github.com/svcproxy/svcproxy/proxy/model"
 )
 
-// TestScaleInNetns measures real syncs (figures only, never a verdict on time). It runs when
-// SVCPROXY_IPT_SCALE=<services>[,<flavour>] is set, e.g. SVCPROXY_IPT_SCALE=10000,legacy.
-func TestScaleInNetns(t *testing.T) {
+// BenchmarkScaleInNetns measures real syncs in a namespace of its own (figures only, never a
+// verdict on time): `go test -run '^$' -bench ScaleInNetns ./proxy/iptables/`, with
+// SVCPROXY_IPT_SCALE=<services>[,<flavour>] to choose the size (default 1000,legacy), e.g.
+// SVCPROXY_IPT_SCALE=10000,nft.
+func BenchmarkScaleInNetns(t *testing.B) {
 	spec := os.Getenv("SVCPROXY_IPT_SCALE")
 	if spec == "" {
-		t.Skip("set SVCPROXY_IPT_SCALE=<services>[,nft|legacy] to measure")
+		spec = "1000,legacy"
 	}
 	n, flavour, _ := strings.Cut(spec, ",")
 	services, err := strconv.Atoi(n)
