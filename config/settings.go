@@ -26,6 +26,9 @@ func (p *parser) settings() {
 	c.SyncPeriod = DefaultSyncPeriod
 	c.IPTablesBackend = DefaultIPTablesBackend
 	c.EBPFPinPath = DefaultEBPFPinPath
+	c.PodCooldown = DefaultPodCooldown
+	c.ServiceGracePeriod = DefaultServiceGracePeriod
+	c.PodGCGracePeriod = DefaultPodGCGracePeriod
 	c.healthChecks = map[model.ServiceKey]HealthCheck{}
 	if p.raw == nil {
 		return
@@ -123,6 +126,17 @@ func (p *parser) settings() {
 			c.IPTablesBackend = r.IPTables.Backend
 		default:
 			d.addf("iptables.backend", "must be auto, nft or legacy, not %q", r.IPTables.Backend)
+		}
+	}
+	if i := r.IPAM; i != nil {
+		if i.PodCooldown != "" {
+			c.PodCooldown = parseDuration(d, "ipam.podCooldown", i.PodCooldown, true)
+		}
+		if i.ServiceGracePeriod != "" {
+			c.ServiceGracePeriod = parseDuration(d, "ipam.serviceGracePeriod", i.ServiceGracePeriod, true)
+		}
+		if i.PodGCGracePeriod != "" {
+			c.PodGCGracePeriod = parseDuration(d, "ipam.podGCGracePeriod", i.PodGCGracePeriod, true)
 		}
 	}
 	if e := r.EBPF; e != nil {

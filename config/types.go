@@ -33,6 +33,9 @@ const (
 	DefaultAffinityTimeout    = 10800 * time.Second
 	DefaultIPTablesBackend    = "auto"
 	DefaultEBPFPinPath        = "/sys/fs/bpf/svcproxy"
+	DefaultPodCooldown        = 30 * time.Second
+	DefaultServiceGracePeriod = 10 * time.Minute
+	DefaultPodGCGracePeriod   = 2 * time.Minute
 )
 
 // DefaultNodePortRange is the Kubernetes default range of node ports.
@@ -103,6 +106,14 @@ type Config struct {
 	SyncPeriod         time.Duration
 	// IPTablesBackend is "auto", "nft" or "legacy": which iptables binary family to drive.
 	IPTablesBackend string
+	// PodCooldown is how long a freed pod IP waits before reuse (default 30 s; 0 none).
+	PodCooldown time.Duration
+	// ServiceGracePeriod is how long the VIPs and node ports of a service missing from the
+	// config are kept for it (default 10 min).
+	ServiceGracePeriod time.Duration
+	// PodGCGracePeriod is how old a pod IP allocation must be before cluster-mode GC may free
+	// it for a pod the API does not know (default 2 min: the informer cache can lag).
+	PodGCGracePeriod time.Duration
 	// EBPFCgroupPath is the cgroup v2 directory the socket-LB hooks attach to; empty means
 	// the root of the host's cgroup v2 hierarchy (mounted at /run/svcproxy/cgroupv2 if absent).
 	EBPFCgroupPath string
@@ -243,12 +254,19 @@ type rawConfig struct {
 	SyncPeriod         string        `json:"syncPeriod"`
 	IPTables           *rawIPTables  `json:"iptables"`
 	EBPF               *rawEBPF      `json:"ebpf"`
+	IPAM               *rawIPAM      `json:"ipam"`
 	Nodes              []rawNode     `json:"nodes"`
 	Services           []*rawService `json:"services"`
 }
 
 type rawIPTables struct {
 	Backend string `json:"backend"`
+}
+
+type rawIPAM struct {
+	PodCooldown        string `json:"podCooldown"`
+	ServiceGracePeriod string `json:"serviceGracePeriod"`
+	PodGCGracePeriod   string `json:"podGCGracePeriod"`
 }
 
 type rawEBPF struct {

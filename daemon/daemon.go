@@ -157,7 +157,7 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 	if err := os.MkdirAll(d.cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	d.store, err = ipam.Open(filepath.Clean(d.cfg.StateDir), ipam.Options{Logger: d.log})
+	d.store, err = ipam.Open(filepath.Clean(d.cfg.StateDir), ipam.Options{Logger: d.log, PodCooldown: zeroMeansNone(d.cfg.PodCooldown)})
 	if err != nil {
 		return fmt.Errorf("opening IPAM state in %s: %w", d.cfg.StateDir, err)
 	}
@@ -178,7 +178,8 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 		})
 	} else {
 		d.svcs, err = d.store.NewServiceAllocator(ipam.ServiceOptions{
-			ServiceCIDRs: d.cfg.ServiceCIDRs, NodePortRange: ipam.PortRange(d.cfg.NodePortRange)})
+			ServiceCIDRs: d.cfg.ServiceCIDRs, NodePortRange: ipam.PortRange(d.cfg.NodePortRange),
+			GracePeriod: zeroMeansNone(d.cfg.ServiceGracePeriod)})
 		if err != nil {
 			return &InputError{fmt.Errorf("service allocator: %w", err)}
 		}
@@ -296,6 +297,15 @@ func (d *Daemon) podNetwork() podserver.Network {
 		n.Ranges = podadapter.New(pods).Ranges()
 	}
 	return n
+}
+
+// zeroMeansNone turns a config duration (0 = none) into ipam's convention (0 = default,
+// negative = none).
+func zeroMeansNone(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // ensurePodAllocator creates the pod allocator for podCIDRs unless one exists (a later change

@@ -218,13 +218,14 @@ func (n notifyingIPAM) GC(ctx context.Context, valid []podserver.Attachment) ([]
 	return r, err
 }
 
-// podGCGrace is how old an allocation must be before cluster-mode GC may free it: the
-// informer cache can lag behind a pod that was just created.
-const podGCGrace = 2 * time.Minute
-
-// runPodGC frees, every minute, the pod IPs whose pod no longer exists on this node.
+// runPodGC frees the pod IPs whose pod no longer exists on this node, every minute (or every
+// half podGCGracePeriod when that is shorter).
 func (d *Daemon) runPodGC(ctx context.Context) error {
-	t := time.NewTicker(time.Minute)
+	every := time.Minute
+	if g := d.cfg.PodGCGracePeriod / 2; g > 0 && g < every {
+		every = g
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -236,7 +237,9 @@ func (d *Daemon) runPodGC(ctx context.Context) error {
 	}
 }
 
-// gcPods frees pod IPs whose pod is gone from the API (cluster mode, cache synced only).
+// gcPods frees pod IPs whose pod is gone from the API (cluster mode, cache synced only) and
+// whose allocation is older than podGCGracePeriod (the informer cache can lag behind a pod
+// that was just created).
 func (d *Daemon) gcPods(ctx context.Context) {
 	pods := d.pods.Load()
 	if pods == nil || d.kube == nil || !d.kube.Synced() {
@@ -253,7 +256,7 @@ func (d *Daemon) gcPods(ctx context.Context) {
 	}
 	for _, a := range usage.Pods {
 		o := a.Owner
-		if o.Name == "" || live[[2]string{o.Namespace, o.Name}] || time.Since(a.Allocated) < podGCGrace {
+		if o.Name == "" || live[[2]string{o.Namespace, o.Name}] || time.Since(a.Allocated) < d.cfg.PodGCGracePeriod {
 			continue
 		}
 		if _, err := pods.ReleasePodGeneration(ctx, o.ContainerID, o.IfName, a.Generation); err != nil {
