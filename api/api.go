@@ -43,6 +43,19 @@ type Status struct {
 	HealthReason      string    `json:"healthReason,omitempty"`
 	Services          []Service `json:"services"`
 	IPAM              []Range   `json:"ipam,omitempty"`
+	// Pods are the pod IP allocations of this node (made through svcproxy-cni).
+	Pods []PodIPs `json:"pods,omitempty"`
+}
+
+// PodIPs is one pod attachment and its addresses.
+type PodIPs struct {
+	Namespace   string            `json:"namespace,omitempty"`
+	Name        string            `json:"name,omitempty"`
+	ContainerID string            `json:"containerID"`
+	IfName      string            `json:"ifName"`
+	IPs         []string          `json:"ips"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Allocated   time.Time         `json:"allocated,omitzero"`
 }
 
 // Service is one programmed service.

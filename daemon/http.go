@@ -91,6 +91,14 @@ func (d *Daemon) status(ctx context.Context) *api.Status {
 			for _, r := range u.Ranges {
 				s.IPAM = append(s.IPAM, api.Range{Kind: string(r.Kind), Range: r.Range, Size: r.Size, Used: r.Used, Cooling: r.CoolingDown})
 			}
+			for _, a := range u.Pods {
+				p := api.PodIPs{Namespace: a.Owner.Namespace, Name: a.Owner.Name, ContainerID: a.Owner.ContainerID,
+					IfName: a.Owner.IfName, Labels: a.Owner.Labels, Allocated: a.Allocated}
+				for _, ip := range a.IPs {
+					p.IPs = append(p.IPs, ip.Address.Addr().String())
+				}
+				s.Pods = append(s.Pods, p)
+			}
 		}
 	}
 	if d.svcs != nil {

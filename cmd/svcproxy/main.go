@@ -252,4 +252,17 @@ func printStatus(w io.Writer, s *api.Status) {
 		}
 		tw.Flush()
 	}
+	if len(s.Pods) > 0 {
+		fmt.Fprintln(w, "\nPODS:")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(tw, "POD\tCONTAINER\tIFNAME\tIPS\n")
+		for _, p := range s.Pods {
+			id := p.ContainerID
+			if len(id) > 12 {
+				id = id[:12]
+			}
+			fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\n", p.Namespace, p.Name, id, p.IfName, strings.Join(p.IPs, ","))
+		}
+		tw.Flush()
+	}
 }
