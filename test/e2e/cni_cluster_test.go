@@ -612,8 +612,9 @@ func TestClusterPodsThroughCNI(t *testing.T) {
 	}
 	for _, d := range from {
 		// client-go's reflectors back off up to [30 s, 60 s) between attempts once the API has
-		// been away for half a minute, and resume only at their next attempt.
-		harness.Eventually(t, 90*time.Second, "only web-1 answering "+vip+" from "+d.name+" after the API came back", func() error {
+		// been away for half a minute, and resume only at their next attempt (54 to 63 s after
+		// the update in the runs so far): 120 s leaves room for one more backoff.
+		harness.Eventually(t, 120*time.Second, "only web-1 answering "+vip+" from "+d.name+" after the API came back", func() error {
 			got, _, err := d.spread(ctx, vip, 20)
 			if err != nil {
 				return err
