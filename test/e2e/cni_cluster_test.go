@@ -334,7 +334,7 @@ func TestClusterPodsThroughCNI(t *testing.T) {
 	bin := harness.SvcproxyBinary(t)
 	cniBin := harness.CNIBinaries(t)
 	c := harness.StartCluster(t, harness.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
 	specs := []nodeSpec{{name: "node1", podCIDR: "10.244.1.0/24"}, {name: "node2", podCIDR: "10.244.2.0/24"}}
@@ -405,6 +405,25 @@ func TestClusterPodsThroughCNI(t *testing.T) {
 	}
 	if web1.ip == client.ip {
 		t.Fatalf("two pods on node1 share %s", web1.ip)
+	}
+	// host-gw: each node routes the other's pod range (from its Node) via its InternalIP.
+	for i, n := range nodes {
+		other := nodes[1-i]
+		dst := netip.MustParsePrefix(specs[1-i].podCIDR)
+		harness.Eventually(t, 30*time.Second, n.Name+" route to "+dst.String()+" via "+other.IP.String(), func() error {
+			return n.NS.WithNetlink(func(h *netlink.Handle) error {
+				routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)}}, netlink.RT_FILTER_DST)
+				if err != nil {
+					return err
+				}
+				for _, r := range routes {
+					if r.Gw.Equal(other.IP.AsSlice()) {
+						return nil
+					}
+				}
+				return fmt.Errorf("routes to %s: %v", dst, routes)
+			})
+		})
 	}
 	servePod(t, web1, 8080)
 	servePod(t, web2, 8080)
