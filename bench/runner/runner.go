@@ -138,8 +138,8 @@ func Profile(name string) ([]Case, error) {
 			sp("ebpf", "", "api", 1000, 2, false, true),
 			kp("nftables", "", 10000, 2, true, true),
 			kp("iptables", "legacy", 10000, 2, true, true),
-			sp("iptables", "legacy", "api", 10000, 2, false, true),
-			sp("ebpf", "", "api", 10000, 2, false, true),
+			sp("iptables", "legacy", "api", 10000, 2, true, true),
+			sp("ebpf", "", "api", 10000, 2, true, true),
 		}, nil
 	case "full":
 		return []Case{
