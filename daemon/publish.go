@@ -2,7 +2,7 @@ package daemon
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -280,7 +280,7 @@ func samePrefixes(a, b []netip.Prefix) bool {
 }
 
 // errPodRangeUnknown answers pod calls that arrive before this node's pod range is known.
-var errPodRangeUnknown = errors.New("this node's pod range is not known yet (no podCIDR in the config, or the Node's spec.podCIDRs not seen yet): try again later")
+var errPodRangeUnknown = fmt.Errorf("this node's pod range is not known yet (no podCIDR in the config, or the Node's spec.podCIDRs not seen yet): %w", podserver.ErrNotReady)
 
 // lazyPodIPAM serves the pod API from the pod allocator once it exists.
 type lazyPodIPAM struct{ d *Daemon }

@@ -34,7 +34,20 @@ var (
 	// ErrExhausted: a pod range has no free address (Allocate answers 503 with
 	// api.CodeNotAvailable).
 	ErrExhausted = errors.New("pod range exhausted")
+	// ErrNotReady: the IPAM cannot answer yet (e.g. this node's pod range is not known); every
+	// call answers 503 with api.CodeTryAgainLater, so the runtime retries.
+	ErrNotReady = errors.New("pod IPAM not ready")
 )
+
+// writeIPAMError answers an error of the PodIPAM: ErrNotReady as "try again later", anything
+// else as an I/O failure.
+func writeIPAMError(w http.ResponseWriter, err error) {
+	if errors.Is(err, ErrNotReady) {
+		api.WriteError(w, http.StatusServiceUnavailable, api.CodeTryAgainLater, err)
+		return
+	}
+	api.WriteError(w, http.StatusInternalServerError, api.CodeIOFailure, err)
+}
 
 // Attachment names one interface of one container, the unit of allocation.
 type Attachment struct {
@@ -242,7 +255,7 @@ func networkProblem(n Network) string {
 	case n.Bridge == "":
 		return "no pod bridge configured"
 	case len(n.Ranges) == 0:
-		return "no pod range (podCIDR) configured"
+		return "this node's pod range is not known (no podCIDR in the config, or in cluster mode the Node's spec.podCIDRs not seen yet)"
 	}
 	return ""
 }
@@ -273,7 +286,7 @@ func (s *Server) allocate(w http.ResponseWriter, r *http.Request) {
 			api.WriteError(w, http.StatusServiceUnavailable, api.CodeNotAvailable, err)
 			return
 		}
-		api.WriteError(w, http.StatusInternalServerError, api.CodeIOFailure, fmt.Errorf("allocating pod IP for %s: %w", pod.Attachment, err))
+		writeIPAMError(w, fmt.Errorf("allocating pod IP for %s: %w", pod.Attachment, err))
 		return
 	}
 	out, err := allocation(n, addrs)
@@ -297,7 +310,7 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 	}
 	a := Attachment(req)
 	if err := s.ipam.Release(r.Context(), a); err != nil && !errors.Is(err, ErrNotFound) {
-		api.WriteError(w, http.StatusInternalServerError, api.CodeIOFailure, fmt.Errorf("releasing pod IP of %s: %w", a, err))
+		writeIPAMError(w, fmt.Errorf("releasing pod IP of %s: %w", a, err))
 		return
 	}
 	s.log.Info("pod IP released", "attachment", a.String())
@@ -321,7 +334,7 @@ func (s *Server) check(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, http.StatusNotFound, api.CodeNoAllocation, fmt.Errorf("attachment %s has no pod IP allocated", a))
 		return
 	case err != nil:
-		api.WriteError(w, http.StatusInternalServerError, api.CodeIOFailure, fmt.Errorf("looking up pod IP of %s: %w", a, err))
+		writeIPAMError(w, fmt.Errorf("looking up pod IP of %s: %w", a, err))
 		return
 	}
 	out, err := allocation(s.net.PodNetwork(), addrs)
@@ -351,7 +364,7 @@ func (s *Server) gc(w http.ResponseWriter, r *http.Request) {
 	}
 	released, err := s.ipam.GC(r.Context(), valid)
 	if err != nil {
-		api.WriteError(w, http.StatusInternalServerError, api.CodeIOFailure, fmt.Errorf("garbage-collecting pod IPs: %w", err))
+		writeIPAMError(w, fmt.Errorf("garbage-collecting pod IPs: %w", err))
 		return
 	}
 	out := &api.PodGCResult{Released: make([]api.PodReleased, 0, len(released))}

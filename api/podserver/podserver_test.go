@@ -46,3 +46,37 @@ func TestRegisterOnSharedMux(t *testing.T) {
 		}
 	}
 }
+
+// notReady is an IPAM that cannot answer yet (a node whose pod range is not known).
+type notReady struct{}
+
+func (notReady) Allocate(context.Context, podserver.Pod) ([]netip.Addr, error) {
+	return nil, podserver.ErrNotReady
+}
+func (notReady) Release(context.Context, podserver.Attachment) error { return podserver.ErrNotReady }
+func (notReady) Check(context.Context, podserver.Attachment) ([]netip.Addr, error) {
+	return nil, podserver.ErrNotReady
+}
+func (notReady) GC(context.Context, []podserver.Attachment) ([]podserver.Released, error) {
+	return nil, podserver.ErrNotReady
+}
+func (notReady) Ready(context.Context) error { return podserver.ErrNotReady }
+
+// TestNotReadyMeansTryAgainLater: DEL, CHECK and GC of an IPAM that is not ready yet answer
+// CNI code 11, so the runtime retries instead of failing the pod.
+func TestNotReadyMeansTryAgainLater(t *testing.T) {
+	n := podserver.Network{Bridge: "svc0", Ranges: []podserver.Range{{Prefix: netip.MustParsePrefix("10.244.1.0/24"), Gateway: netip.MustParseAddr("10.244.1.1")}}}
+	h := podserver.New(notReady{}, n, nil)
+	for _, tc := range []struct{ path, body string }{
+		{api.PathPodsRelease, `{"containerID": "c1", "ifName": "eth0"}`},
+		{api.PathPodsCheck, `{"containerID": "c1", "ifName": "eth0"}`},
+		{api.PathPodsGC, `{"validAttachments": []}`},
+		{api.PathPodsAllocate, `{"containerID": "c1", "ifName": "eth0"}`},
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, tc.path, strings.NewReader(tc.body)))
+		if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"code": 11`) {
+			t.Errorf("%s: %d %s, want 503 with code 11", tc.path, rec.Code, rec.Body.String())
+		}
+	}
+}
