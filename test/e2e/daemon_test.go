@@ -28,6 +28,8 @@ type nodeSpec struct {
 	name     string
 	podCIDR  string
 	endpoint string
+	// extraConfig is appended to the ProxyConfig as is (top-level YAML).
+	extraConfig string
 }
 
 // startDaemon writes a settings-only ProxyConfig for node and runs the real svcproxy in its
@@ -58,8 +60,8 @@ apiSocket: %s
 minSyncPeriod: 100ms
 ebpf:
   pinPath: %s
-`, mode, harness.ClusterCIDR, podCIDRLine, harness.ServiceCIDR, filepath.Join(dir, "state"), filepath.Join(dir, "svcproxy.sock"),
-		filepath.Join(harness.NewBPFFS(t), "svcproxy"))
+%s`, mode, harness.ClusterCIDR, podCIDRLine, harness.ServiceCIDR, filepath.Join(dir, "state"), filepath.Join(dir, "svcproxy.sock"),
+		filepath.Join(harness.NewBPFFS(t), "svcproxy"), spec.extraConfig)
 	cfgPath := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -157,8 +159,8 @@ func TestDaemonClusterMode(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	specs := []nodeSpec{
-		{"node1", "10.244.1.0/24", "10.244.1.10"},
-		{"node2", "10.244.2.0/24", "10.244.2.10"},
+		{name: "node1", podCIDR: "10.244.1.0/24", endpoint: "10.244.1.10"},
+		{name: "node2", podCIDR: "10.244.2.0/24", endpoint: "10.244.2.10"},
 	}
 	var nodes []*harness.Node
 	for _, s := range specs {
