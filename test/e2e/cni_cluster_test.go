@@ -189,6 +189,25 @@ func addPod(t *testing.T, ctx context.Context, c *harness.Cluster, n *cniNet, na
 	return p
 }
 
+// waitHealthy waits (at most 60 s) until the daemon d on node n answers 200 on /healthz, and
+// fails the test at once if it exits.
+func waitHealthy(t *testing.T, ctx context.Context, d *harness.Process, n *harness.Node) {
+	t.Helper()
+	harness.Eventually(t, 60*time.Second, n.Name+" healthz", func() error {
+		if done, err := d.Exited(); done {
+			t.Fatalf("svcproxy on %s exited: %v\n%s", n.Name, err, harness.Tail(d.LogPath, 30))
+		}
+		code, body, err := health(ctx, n)
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK {
+			return fmt.Errorf("%d: %v", code, body)
+		}
+		return nil
+	})
+}
+
 // servePod answers every TCP connection on port inside the pod with "NAME PEER-IP".
 func servePod(t *testing.T, p *e2ePod, port int) {
 	t.Helper()
@@ -362,19 +381,7 @@ func TestClusterPodsThroughCNI(t *testing.T) {
 		sockets = append(sockets, filepath.Join(c.Dir, n.Name, "svcproxy.sock"))
 	}
 	for i, n := range nodes {
-		harness.Eventually(t, 60*time.Second, n.Name+" healthz", func() error {
-			if done, err := daemons[i].Exited(); done {
-				t.Fatalf("svcproxy on %s exited: %v\n%s", n.Name, err, harness.Tail(daemons[i].LogPath, 30))
-			}
-			code, body, err := health(ctx, n)
-			if err != nil {
-				return err
-			}
-			if code != http.StatusOK {
-				return fmt.Errorf("%d: %v", code, body)
-			}
-			return nil
-		})
+		waitHealthy(t, ctx, daemons[i], n)
 	}
 
 	// Pods through svcproxy-cni. node2's daemon knows no pod range until its Node exists, so
@@ -695,19 +702,7 @@ func TestClusterCNIBeforePodRange(t *testing.T) {
 	n := c.AddNode(t, "node1")
 	d := startDaemon(t, bin, c, n, nodeSpec{name: "node1"}, "iptables")
 	socket := filepath.Join(c.Dir, n.Name, "svcproxy.sock")
-	harness.Eventually(t, 60*time.Second, "node1 healthz", func() error {
-		if done, err := d.Exited(); done {
-			t.Fatalf("svcproxy exited: %v\n%s", err, harness.Tail(d.LogPath, 30))
-		}
-		code, body, err := health(ctx, n)
-		if err != nil {
-			return err
-		}
-		if code != http.StatusOK {
-			return fmt.Errorf("%d: %v", code, body)
-		}
-		return nil
-	})
+	waitHealthy(t, ctx, d, n)
 	cni := newCNINet(t, n, cniBin, socket)
 	pod := harness.NewNetNS(t, "svcp-p-")
 	const prev = `{"cniVersion": "1.1.0", "ips": [{"address": "10.244.1.9/24"}]}`

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"testing"
 	"time"
@@ -29,19 +28,7 @@ func TestClusterPodGC(t *testing.T) {
 	}
 	d := startDaemon(t, bin, c, n, nodeSpec{name: "node1", extraConfig: "ipam: {podGCGracePeriod: 2s}\n"}, "iptables")
 	socket := filepath.Join(c.Dir, n.Name, "svcproxy.sock")
-	harness.Eventually(t, 60*time.Second, "node1 healthz", func() error {
-		if done, err := d.Exited(); done {
-			t.Fatalf("svcproxy exited: %v\n%s", err, harness.Tail(d.LogPath, 30))
-		}
-		code, body, err := health(ctx, n)
-		if err != nil {
-			return err
-		}
-		if code != http.StatusOK {
-			return fmt.Errorf("%d: %v", code, body)
-		}
-		return nil
-	})
+	waitHealthy(t, ctx, d, n)
 	cni := newCNINet(t, n, cniBin, socket)
 	keep := addPod(t, ctx, c, cni, "default", "keep", map[string]string{"app": "x"})
 	gone := addPod(t, ctx, c, cni, "default", "gone", map[string]string{"app": "x"})
