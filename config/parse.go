@@ -98,7 +98,7 @@ func (p *parser) run(data []byte) {
 
 // document dispatches one YAML document on its apiVersion and kind.
 func (p *parser) document(i int, root *yaml.Node) {
-	d := &doc{file: p.file, index: i, start: pos{root.Line, root.Column}, at: map[string]pos{}, probs: p.probs, fields: p.fields}
+	d := &doc{file: p.file, index: i, start: pos{root.Line, root.Column}, probs: p.probs, fields: p.fields}
 	if root.Kind != yaml.MappingNode {
 		d.addf("", "a document must be a mapping with apiVersion and kind, not %s", nodeKind(root))
 		return
@@ -109,10 +109,10 @@ func (p *parser) document(i int, root *yaml.Node) {
 		switch k.Value {
 		case "apiVersion":
 			apiVersion = v.Value
-			d.at["apiVersion"] = pos{k.Line, k.Column}
+			d.pre = append(d.pre, prePos{"apiVersion", pos{k.Line, k.Column}})
 		case "kind":
 			kind = v.Value
-			d.at["kind"] = pos{k.Line, k.Column}
+			d.pre = append(d.pre, prePos{"kind", pos{k.Line, k.Column}})
 		}
 	}
 	d.kind = kind

@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // Problem is one thing wrong in a config file, located as precisely as the file allows.
@@ -70,9 +72,14 @@ type doc struct {
 	index int // 0-based document index
 	start pos
 	kind  string
-	// at maps a field path ("services[0].ports[1].port") to the position of its key (or, for a
-	// sequence item, of the item).
-	at    map[string]pos
+	// pre holds the positions of apiVersion and kind recorded before the document is read
+	// against its Go type (the last occurrence of each, as the dispatch saw them).
+	pre []prePos
+	// root and typ are the document's node tree and the Go type it was read against (set by
+	// decodeNode): where finds positions from them only when a problem needs one, so that
+	// reading a valid file records no position at all.
+	root  *yaml.Node
+	typ   reflect.Type
 	probs *[]Problem
 	// bad holds the paths whose value the reader refused: later checks that find the value
 	// missing or zero do not report it again.
@@ -81,11 +88,34 @@ type doc struct {
 	fields map[reflect.Type]map[string]field
 }
 
+// prePos is a position recorded before the document was read against its type.
+type prePos struct {
+	path string
+	at   pos
+}
+
+// positions returns the positions of path and of its ancestors: the position of a field's key
+// (or, for a sequence item, of the item) by field path ("services[0].ports[1].port"), as the
+// reader met them. Before the document is read against its type, only apiVersion and kind are
+// known.
+func (d *doc) positions(path string) map[string]pos {
+	at := map[string]pos{}
+	if d.typ == nil {
+		for _, p := range d.pre {
+			at[p.path] = p.at
+		}
+		return at
+	}
+	d.record(d.root, d.typ, "", path, at)
+	return at
+}
+
 // where returns the position of path, or of its nearest recorded ancestor.
 func (d *doc) where(path string) pos {
+	at := d.positions(path)
 	for p := path; ; {
-		if at, ok := d.at[p]; ok {
-			return at
+		if a, ok := at[p]; ok {
+			return a
 		}
 		i := strings.LastIndexAny(p, ".[")
 		if i <= 0 {

@@ -26,7 +26,8 @@ var (
 // problems in d. Fields with problems are left out, so that the rest can still be checked. It
 // reports false only when nothing could be decoded.
 func decodeNode(d *doc, n *yaml.Node, out any) bool {
-	v := walk(d, n, reflect.TypeOf(out).Elem(), "")
+	d.root, d.typ = n, reflect.TypeOf(out).Elem()
+	v := walk(d, n, d.typ, "")
 	if v == nil {
 		return false
 	}
@@ -114,7 +115,6 @@ func walk(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 				d.addAt(pos{k.Line, k.Column}, kp, "key %q given twice (first at line %d)", k.Value, d.line(kp))
 				continue
 			}
-			d.at[kp] = pos{k.Line, k.Column}
 			if k.Kind != yaml.ScalarNode {
 				d.refuse(kp, "keys must be strings")
 				continue
@@ -130,7 +130,6 @@ func walk(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 		out := make([]any, 0, len(n.Content))
 		for i, item := range n.Content {
 			ip := index(path, i)
-			d.at[ip] = pos{item.Line, item.Column}
 			out = append(out, walk(d, item, t.Elem(), ip))
 		}
 		return out
@@ -230,15 +229,7 @@ func walkStruct(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 		d.refuse(path, "must be a mapping, not %s", nodeKind(n))
 		return nil
 	}
-	fields, ok := d.fields[t]
-	if !ok {
-		fields = map[string]field{}
-		jsonFields(t, fields)
-		if d.fields == nil {
-			d.fields = map[reflect.Type]map[string]field{}
-		}
-		d.fields[t] = fields
-	}
+	fields := d.structFields(t)
 	out := map[string]any{}
 	seen := map[string]bool{}
 	for _, kv := range pairs(n) {
@@ -249,7 +240,6 @@ func walkStruct(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 			continue
 		}
 		seen[k.Value] = true
-		d.at[kp] = pos{k.Line, k.Column}
 		f, ok := fields[k.Value]
 		if !ok || k.Kind != yaml.ScalarNode {
 			d.refuse(kp, "unknown field %q%s", k.Value, suggest(k.Value, fields))
@@ -260,6 +250,93 @@ func walkStruct(d *doc, n *yaml.Node, t reflect.Type, path string) any {
 		}
 	}
 	return out
+}
+
+// structFields returns the json fields of struct type t, from the file's cache.
+func (d *doc) structFields(t reflect.Type) map[string]field {
+	fields, ok := d.fields[t]
+	if !ok {
+		fields = map[string]field{}
+		jsonFields(t, fields)
+		if d.fields == nil {
+			d.fields = map[reflect.Type]map[string]field{}
+		}
+		d.fields[t] = fields
+	}
+	return fields
+}
+
+// record adds to at the positions the walker meets in n (read as type t at path) that may be
+// path want or one of its ancestors: a field's or map key's position at its path, a sequence
+// item's at its index path. It visits the tree as walk does (aliases and merge keys followed,
+// a repeated key kept at its first occurrence, nothing below a value walk refuses to enter),
+// but only the subtrees whose path is a prefix of want, so that locating one problem costs a
+// walk down one branch.
+func (d *doc) record(n *yaml.Node, t reflect.Type, path, want string, at map[string]pos) {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	if isNull(n) {
+		return
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == intOrStringType || reflect.PointerTo(t).Implements(jsonUnmarshalType) {
+		return
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			return
+		}
+		fields := d.structFields(t)
+		seen := map[string]bool{}
+		for _, kv := range pairs(n) {
+			k, v := kv[0], kv[1]
+			if seen[k.Value] {
+				continue
+			}
+			seen[k.Value] = true
+			kp := join(path, k.Value)
+			at[kp] = pos{k.Line, k.Column}
+			f, ok := fields[k.Value]
+			if ok && k.Kind == yaml.ScalarNode && strings.HasPrefix(want, kp) {
+				d.record(v, f.typ, kp, want, at)
+			}
+		}
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			return
+		}
+		seen := map[string]bool{}
+		for _, kv := range pairs(n) {
+			k, v := kv[0], kv[1]
+			if seen[k.Value] {
+				continue
+			}
+			kp := join(path, k.Value)
+			at[kp] = pos{k.Line, k.Column}
+			if k.Kind != yaml.ScalarNode {
+				continue
+			}
+			seen[k.Value] = true
+			if strings.HasPrefix(want, kp) {
+				d.record(v, t.Elem(), kp, want, at)
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		if n.Kind != yaml.SequenceNode {
+			return
+		}
+		for i, item := range n.Content {
+			ip := index(path, i)
+			at[ip] = pos{item.Line, item.Column}
+			if strings.HasPrefix(want, ip) {
+				d.record(item, t.Elem(), ip, want, at)
+			}
+		}
+	}
 }
 
 // suggest returns ` (did you mean "x"?)` when a known field differs from name only in case.
