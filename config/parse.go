@@ -33,7 +33,7 @@ func Load(path string) (*Config, error) {
 // EndpointSlice (discovery.k8s.io/v1) objects. It returns an *Error listing every problem.
 func Parse(name string, data []byte) (*Config, error) {
 	var probs []Problem
-	p := &parser{file: name, probs: &probs, cfg: &Config{File: name}, fields: map[reflect.Type]map[string]field{}}
+	p := &parser{file: name, probs: &probs, cfg: &Config{File: name}, fields: map[reflect.Type]map[string]field{}, fast: fastCache{}}
 	p.run(data)
 	if len(probs) > 0 {
 		sortProblems(&probs)
@@ -51,6 +51,7 @@ type parser struct {
 	proxyDoc *doc
 	raw      *rawConfig
 	fields   map[reflect.Type]map[string]field
+	fast     fastCache
 	kubeSvcs []*kubeDoc[corev1.Service]
 	slices   []*kubeDoc[discoveryv1.EndpointSlice]
 }
@@ -98,7 +99,7 @@ func (p *parser) run(data []byte) {
 
 // document dispatches one YAML document on its apiVersion and kind.
 func (p *parser) document(i int, root *yaml.Node) {
-	d := &doc{file: p.file, index: i, start: pos{root.Line, root.Column}, probs: p.probs, fields: p.fields}
+	d := &doc{file: p.file, index: i, start: pos{root.Line, root.Column}, probs: p.probs, fields: p.fields, fast: p.fast}
 	if root.Kind != yaml.MappingNode {
 		d.addf("", "a document must be a mapping with apiVersion and kind, not %s", nodeKind(root))
 		return

@@ -86,6 +86,8 @@ type doc struct {
 	bad map[string]bool
 	// fields caches the json fields of struct types, shared by the documents of one file.
 	fields map[reflect.Type]map[string]field
+	// fast caches how the direct reader sees struct types, shared by the documents of one file.
+	fast fastCache
 }
 
 // prePos is a position recorded before the document was read against its type.

@@ -22,11 +22,17 @@ var (
 	jsonUnmarshalType = reflect.TypeOf((*json.Unmarshaler)(nil)).Elem()
 )
 
-// decodeNode reads n into out (a pointer to a struct with json tags), recording positions and
-// problems in d. Fields with problems are left out, so that the rest can still be checked. It
-// reports false only when nothing could be decoded.
+// decodeNode reads n into out (a pointer to a struct with json tags), recording problems in d:
+// with the direct reader (fastdecode.go) when n is valid, else with the walker. Fields with
+// problems are left out, so that the rest can still be checked. It reports false only when
+// nothing could be decoded.
 func decodeNode(d *doc, n *yaml.Node, out any) bool {
 	d.root, d.typ = n, reflect.TypeOf(out).Elem()
+	rv := reflect.ValueOf(out).Elem()
+	if fastDecode(d.fast, n, rv) {
+		return true
+	}
+	rv.SetZero() // start over: the walker reports what the direct reader gave up on
 	v := walk(d, n, d.typ, "")
 	if v == nil {
 		return false
