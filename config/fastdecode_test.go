@@ -278,3 +278,128 @@ func TestDirectReaderFallsBackWithSameProblems(t *testing.T) {
 		start += n + 1
 	}
 }
+
+// allPositions records the position of every path the walker meets in n, as the walker did
+// before positions were found lazily (the reference for where).
+func allPositions(d *doc, n *yaml.Node, t reflect.Type, path string, at map[string]pos) {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	if isNull(n) {
+		return
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == intOrStringType || reflect.PointerTo(t).Implements(jsonUnmarshalType) {
+		return
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			return
+		}
+		seen := map[string]bool{}
+		for _, kv := range pairs(n) {
+			k, v := kv[0], kv[1]
+			if seen[k.Value] {
+				continue
+			}
+			seen[k.Value] = true
+			kp := join(path, k.Value)
+			at[kp] = pos{k.Line, k.Column}
+			if f, ok := d.structFields(t)[k.Value]; ok && k.Kind == yaml.ScalarNode {
+				allPositions(d, v, f.typ, kp, at)
+			}
+		}
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			return
+		}
+		seen := map[string]bool{}
+		for _, kv := range pairs(n) {
+			k, v := kv[0], kv[1]
+			if seen[k.Value] {
+				continue
+			}
+			kp := join(path, k.Value)
+			at[kp] = pos{k.Line, k.Column}
+			if k.Kind == yaml.ScalarNode {
+				seen[k.Value] = true
+				allPositions(d, v, t.Elem(), kp, at)
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		if n.Kind != yaml.SequenceNode {
+			return
+		}
+		for i, item := range n.Content {
+			ip := index(path, i)
+			at[ip] = pos{item.Line, item.Column}
+			allPositions(d, item, t.Elem(), ip, at)
+		}
+	}
+}
+
+// TestWhereMatchesFullPositionMap: where, which walks down one branch, finds for every path
+// (and below it, and for paths the file does not have) what the map of all positions gives.
+func TestWhereMatchesFullPositionMap(t *testing.T) {
+	files := append([]string{validDocs, string(bigFile(12)), `apiVersion: v1
+kind: Service
+metadata:
+  name: a
+  name: b
+  labels: {a: "1", a.b: "2", "c[0]": "3", a: "4"}
+  annotations: &ann {x: y}
+spec:
+  selector: *ann
+  ports: [{port: 80, port: 81}, [1], {name: x, targetPort: {a: b}}]
+  clusterIPs: [a, b, c, d, e, f, g, h, i, j, k, l]
+`}, brokenDocs...)
+	checked := 0
+	for fi, f := range files {
+		dec := yaml.NewDecoder(strings.NewReader(f))
+		for {
+			var n yaml.Node
+			if err := dec.Decode(&n); err != nil {
+				break
+			}
+			root := n.Content[0]
+			var kind string
+			for j := 0; j+1 < len(root.Content); j += 2 {
+				if root.Content[j].Value == "kind" {
+					kind = root.Content[j+1].Value
+				}
+			}
+			typ := typeOfKind(kind)
+			d := &doc{start: pos{root.Line, root.Column}, root: root, typ: typ}
+			all := map[string]pos{}
+			allPositions(d, root, typ, "", all)
+			wantAt := func(path string) pos {
+				for p := path; ; {
+					if a, ok := all[p]; ok {
+						return a
+					}
+					i := strings.LastIndexAny(p, ".[")
+					if i <= 0 {
+						return d.start
+					}
+					p = p[:i]
+				}
+			}
+			paths := []string{"", "nothing", "spec.ports[99].x", "services[1000].name"}
+			for p := range all {
+				paths = append(paths, p, p+".x", p+"[0]", p+"[1].y")
+			}
+			for _, p := range paths {
+				if got, want := d.where(p), wantAt(p); got != want {
+					t.Errorf("file %d: where(%q) = %v, want %v", fi, p, got, want)
+				}
+				checked++
+			}
+		}
+	}
+	if checked < 1000 {
+		t.Errorf("only %d paths checked", checked)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -169,7 +170,7 @@ func join(parent, child string) string {
 	return parent + "." + child
 }
 
-func index(parent string, i int) string { return fmt.Sprintf("%s[%d]", parent, i) }
+func index(parent string, i int) string { return parent + "[" + strconv.Itoa(i) + "]" }
 
 // refuse records a problem at path found while reading the value, and marks path bad.
 func (d *doc) refuse(path, format string, args ...any) {

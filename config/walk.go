@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -272,12 +274,11 @@ func (d *doc) structFields(t reflect.Type) map[string]field {
 	return fields
 }
 
-// record adds to at the positions the walker meets in n (read as type t at path) that may be
-// path want or one of its ancestors: a field's or map key's position at its path, a sequence
-// item's at its index path. It visits the tree as walk does (aliases and merge keys followed,
-// a repeated key kept at its first occurrence, nothing below a value walk refuses to enter),
-// but only the subtrees whose path is a prefix of want, so that locating one problem costs a
-// walk down one branch.
+// record adds to at the positions the walker meets in n (read as type t at path) at path want
+// and at its ancestors: a field's or map key's position at its path, a sequence item's at its
+// index path. It goes as walk does (aliases and merge keys followed, a repeated key kept at
+// its first occurrence, nothing below a value walk does not enter), but only down the branch
+// that leads to want, so that locating a problem costs one walk down that branch.
 func (d *doc) record(n *yaml.Node, t reflect.Type, path, want string, at map[string]pos) {
 	for n.Kind == yaml.AliasNode && n.Alias != nil {
 		n = n.Alias
@@ -297,17 +298,16 @@ func (d *doc) record(n *yaml.Node, t reflect.Type, path, want string, at map[str
 			return
 		}
 		fields := d.structFields(t)
-		seen := map[string]bool{}
+		var seen []string
 		for _, kv := range pairs(n) {
 			k, v := kv[0], kv[1]
-			if seen[k.Value] {
+			if !childOf(want, path, k.Value) || slices.Contains(seen, k.Value) {
 				continue
 			}
-			seen[k.Value] = true
+			seen = append(seen, k.Value)
 			kp := join(path, k.Value)
 			at[kp] = pos{k.Line, k.Column}
-			f, ok := fields[k.Value]
-			if ok && k.Kind == yaml.ScalarNode && strings.HasPrefix(want, kp) {
+			if f, ok := fields[k.Value]; ok && k.Kind == yaml.ScalarNode {
 				d.record(v, f.typ, kp, want, at)
 			}
 		}
@@ -315,10 +315,10 @@ func (d *doc) record(n *yaml.Node, t reflect.Type, path, want string, at map[str
 		if n.Kind != yaml.MappingNode {
 			return
 		}
-		seen := map[string]bool{}
+		var seen []string
 		for _, kv := range pairs(n) {
 			k, v := kv[0], kv[1]
-			if seen[k.Value] {
+			if !childOf(want, path, k.Value) || slices.Contains(seen, k.Value) {
 				continue
 			}
 			kp := join(path, k.Value)
@@ -326,23 +326,39 @@ func (d *doc) record(n *yaml.Node, t reflect.Type, path, want string, at map[str
 			if k.Kind != yaml.ScalarNode {
 				continue
 			}
-			seen[k.Value] = true
-			if strings.HasPrefix(want, kp) {
-				d.record(v, t.Elem(), kp, want, at)
-			}
+			seen = append(seen, k.Value)
+			d.record(v, t.Elem(), kp, want, at)
 		}
 	case reflect.Slice, reflect.Array:
-		if n.Kind != yaml.SequenceNode {
+		if n.Kind != yaml.SequenceNode || !strings.HasPrefix(want, path+"[") {
 			return
 		}
-		for i, item := range n.Content {
-			ip := index(path, i)
-			at[ip] = pos{item.Line, item.Column}
-			if strings.HasPrefix(want, ip) {
-				d.record(item, t.Elem(), ip, want, at)
-			}
+		rest := want[len(path)+1:]
+		j := strings.IndexByte(rest, ']')
+		if j < 0 {
+			return
 		}
+		i, err := strconv.Atoi(rest[:j])
+		if err != nil || i < 0 || i >= len(n.Content) || strconv.Itoa(i) != rest[:j] {
+			return
+		}
+		item := n.Content[i]
+		ip := index(path, i)
+		at[ip] = pos{item.Line, item.Column}
+		d.record(item, t.Elem(), ip, want, at)
 	}
+}
+
+// childOf reports whether join(path, key) is want or one of the ancestors where looks up for
+// want (a prefix of want followed by "." or "[").
+func childOf(want, path, key string) bool {
+	if path != "" {
+		if len(want) <= len(path) || !strings.HasPrefix(want, path) || want[len(path)] != '.' {
+			return false
+		}
+		want = want[len(path)+1:]
+	}
+	return strings.HasPrefix(want, key) && (len(want) == len(key) || want[len(key)] == '.' || want[len(key)] == '[')
 }
 
 // suggest returns ` (did you mean "x"?)` when a known field differs from name only in case.
