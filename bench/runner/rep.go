@@ -169,7 +169,13 @@ func (r *Run) runRep(ctx context.Context, res *Result, rep int, last bool) (time
 		}
 	}
 	if data != nil {
-		if err := r.measureData(ctx, sb, client, probeVIP, data); err != nil {
+		cpu0, _ := cpuSeconds(d.proc.PID())
+		t0 := time.Now()
+		err := r.measureData(ctx, sb, client, probeVIP, data)
+		if cpu1, cerr := cpuSeconds(d.proc.PID()); cerr == nil {
+			data.DaemonCPU = (cpu1 - cpu0) / time.Since(t0).Seconds()
+		}
+		if err != nil {
 			res.Errors = append(res.Errors, "data path: "+err.Error())
 		}
 		if out, err := runCmd(ctx, "ip", "netns", "exec", sb.Node.Name, "cat", "/proc/sys/net/netfilter/nf_conntrack_count"); err == nil {
@@ -476,6 +482,25 @@ func (w *watcher) wait() (time.Time, error) {
 		return time.Time{}, fmt.Errorf("watcher output %q: %w", w.out.String(), err)
 	}
 	return time.Unix(0, res.SeenUnixNano), nil
+}
+
+// cpuSeconds returns the CPU time (user + system) a process has used so far.
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	ut, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
+	}
+	return (ut + st) / 100, nil // USER_HZ is 100 on Linux
 }
 
 // vmHWM returns the peak resident set of a process (VmHWM, bytes).

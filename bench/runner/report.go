@@ -163,18 +163,18 @@ func Report(in ReportInput) (string, error) {
 	b.WriteString("New TCP connections per second (each request: connect, read one line, close) and their latency, from a client pod to the probe service's VIP " +
 		"(its endpoints: two pods on the same node) and straight to one of those pods with the rules in place; *floor* = straight to the pod before the proxy " +
 		"started (no rules at all). Stream = one connection sending for the round's length. Each cell: median (min–max, n = rounds).\n\n")
-	b.WriteString("| case | services | conns/s VIP | conns/s direct | conns/s floor | VIP / floor | p50 VIP | p50 direct | p99 VIP | p99 direct | stream VIP | stream direct | failed | conntrack entries |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	b.WriteString("| case | services | conns/s VIP | conns/s direct | conns/s floor | VIP / floor | p50 VIP | p50 direct | p99 VIP | p99 direct | stream VIP | stream direct | failed | conntrack entries | daemon CPU |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, r := range in.Results {
 		d := r.Data
 		if d == nil {
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", r.Label(), fmtInt(r.Services),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %.2f cores |\n", r.Label(), fmtInt(r.Services),
 			sum(d.VIPRate).Format(fmtRate), sum(d.DirectRate).Format(fmtRate), sum(d.FloorRate).Format(fmtRate),
 			fmtRatio(stats.Ratio(sum(d.VIPRate).Median, sum(d.FloorRate).Median)),
 			sum(d.VIPP50).Format(stats.Seconds), sum(d.DirectP50).Format(stats.Seconds),
 			sum(d.VIPP99).Format(stats.Seconds), sum(d.DirectP99).Format(stats.Seconds),
-			sum(d.VIPGbps).Format(fmtGbps), sum(d.DirectGbps).Format(fmtGbps), d.Failed, fmtInt(d.Conntrack))
+			sum(d.VIPGbps).Format(fmtGbps), sum(d.DirectGbps).Format(fmtGbps), d.Failed, fmtInt(d.Conntrack), d.DaemonCPU)
 	}
 	b.WriteString("\n")
 	b.WriteString("Side by side (medians; ratio = svcproxy / kube-proxy, higher is better for rates):\n\n")

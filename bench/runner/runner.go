@@ -113,6 +113,9 @@ type DataResult struct {
 	Failed                         int
 	// Conntrack is the node namespace's conntrack entry count after the rounds.
 	Conntrack int
+	// DaemonCPU is the proxy daemon's CPU use during the rounds, in cores (CPU seconds per
+	// second): work it does in the background competes with the data path on a small machine.
+	DaemonCPU float64
 }
 
 // Profile returns the cases of a profile.
