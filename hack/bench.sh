@@ -22,6 +22,9 @@ svcproxy=${SVCPROXY_BIN:-bin/svcproxy}
 [[ -x "$svcproxy" ]] || { echo "bench: $svcproxy missing: run make build" >&2; exit 1; }
 mkdir -p .cache
 "$GO" build -o .cache/svcbench ./bench/cmd/svcbench
+# A private copy: every case of the run uses the same binary even if bin/ is rebuilt meanwhile.
+cp -f "$svcproxy" .cache/bench-svcproxy
+svcproxy=.cache/bench-svcproxy
 
 cmd="make bench   # = hack/bench.sh"
 [[ $profile == full ]] && cmd="make bench-full   # = hack/bench.sh --full"

@@ -29,7 +29,7 @@ type ReportInput struct {
 
 // MachineInfo describes this machine: CPUs, memory, kernel, Go, iptables and nft versions,
 // the svcproxy commit, kube-proxy's version and the load average.
-func MachineInfo(kubeBinDir string) []string { return machine(kubeBinDir) }
+func MachineInfo(kubeBinDir, svcproxyBin string) []string { return machine(kubeBinDir, svcproxyBin) }
 
 func sum(xs []float64) stats.Summary { return stats.Summarize(xs) }
 
@@ -91,7 +91,7 @@ func Report(in ReportInput) (string, error) {
 	m := in.Machine
 	if len(m) == 0 {
 		// An older results file: describe the machine as it is now.
-		m = machine(in.Options.KubeBinDir)
+		m = machine(in.Options.KubeBinDir, in.Options.Svcproxy)
 		m[0] = strings.Replace(m[0], "at the end of the run", "when this report was rendered", 1)
 	}
 	for _, l := range m {
@@ -258,7 +258,7 @@ func fmtInt(n int) string {
 	return string(out)
 }
 
-func machine(kubeBinDir string) []string {
+func machine(kubeBinDir, svcproxyBin string) []string {
 	get := func(name string, args ...string) string {
 		out, err := exec.Command(name, args...).Output()
 		if err != nil {
@@ -297,6 +297,11 @@ func machine(kubeBinDir string) []string {
 		"kernel: " + get("uname", "-r"),
 		"Go: " + runtime.Version(),
 		"iptables: " + get("iptables-legacy", "--version") + " / " + get("iptables-nft", "--version") + "; nft: " + get("nft", "--version"),
-		"svcproxy commit: " + get("git", "rev-parse", "--short", "HEAD") + "; kube-proxy: " + get(filepath.Join(kubeBinDir, "kube-proxy"), "--version"),
+		"svcproxy: " + firstLine(get(svcproxyBin, "version")) + " (repository at " + get("git", "rev-parse", "--short", "HEAD") + "); kube-proxy: " + get(filepath.Join(kubeBinDir, "kube-proxy"), "--version"),
 	}
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
 }

@@ -212,7 +212,7 @@ func run(ctx context.Context, args []string) error {
 		log.Info("work directory kept", "dir", work)
 	}
 	in := runner.ReportInput{Options: opts, Results: results, Command: *command, Took: time.Since(start), Finished: time.Now(),
-		Machine: runner.MachineInfo(opts.KubeBinDir)}
+		Machine: runner.MachineInfo(opts.KubeBinDir, opts.Svcproxy)}
 	if *jsonOut != "" {
 		b, _ := json.MarshalIndent(in, "", "  ")
 		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
