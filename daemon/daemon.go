@@ -57,6 +57,7 @@ type Daemon struct {
 	opts    Options
 	log     *slog.Logger
 	cfg     *config.Config // settings in force (from the first good load)
+	cfgData []byte         // the bytes cfg was parsed from (the watcher's first read reuses cfg)
 	metrics *metrics.Metrics
 	backend proxy.Backend
 	modeWhy string
@@ -89,11 +90,11 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.ConfigPath == "" && !clusterMode(opts) {
 		return &InputError{errors.New("run needs --config FILE (standalone) or --kubeconfig FILE (cluster)")}
 	}
-	cfg, err := LoadSettings(opts)
+	cfg, data, err := loadSettings(opts)
 	if err != nil {
 		return err
 	}
-	d := &Daemon{opts: opts, log: opts.Logger, cfg: cfg, metrics: metrics.New(), republish: make(chan struct{}, 1)}
+	d := &Daemon{opts: opts, log: opts.Logger, cfg: cfg, cfgData: data, metrics: metrics.New(), republish: make(chan struct{}, 1)}
 	return d.run(ctx)
 }
 
@@ -103,20 +104,29 @@ func clusterMode(opts Options) bool {
 
 // LoadSettings loads the config file (when given) and applies the command-line overrides.
 func LoadSettings(opts Options) (*config.Config, error) {
-	var cfg *config.Config
-	var err error
+	cfg, _, err := loadSettings(opts)
+	return cfg, err
+}
+
+// loadSettings is LoadSettings that also returns the bytes the config was parsed from.
+func loadSettings(opts Options) (*config.Config, []byte, error) {
+	data := []byte("apiVersion: " + config.APIVersion + "\nkind: " + config.Kind + "\n")
+	name := "defaults"
 	if opts.ConfigPath != "" {
-		cfg, err = config.Load(opts.ConfigPath)
-	} else {
-		cfg, err = config.Parse("defaults", []byte("apiVersion: "+config.APIVersion+"\nkind: "+config.Kind+"\n"))
+		var err error
+		if data, err = os.ReadFile(opts.ConfigPath); err != nil {
+			return nil, nil, &InputError{fmt.Errorf("read config: %w", err)}
+		}
+		name = opts.ConfigPath
 	}
+	cfg, err := config.Parse(name, data)
 	if err != nil {
-		return nil, &InputError{err}
+		return nil, nil, &InputError{err}
 	}
 	if err := applyOverrides(cfg, opts); err != nil {
-		return nil, &InputError{err}
+		return nil, nil, &InputError{err}
 	}
-	return cfg, nil
+	return cfg, data, nil
 }
 
 func applyOverrides(cfg *config.Config, opts Options) error {

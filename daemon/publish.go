@@ -39,7 +39,9 @@ func (d *Daemon) runFileSource(ctx context.Context) error {
 			}
 		}
 	}()
-	return file.Watch(ctx, d.opts.ConfigPath, file.Options{Reload: reload, Logger: d.log}, func(cfg *config.Config, err error) {
+	opts := file.Options{Reload: reload, Logger: d.log, Initial: d.cfg, InitialData: d.cfgData}
+	d.cfgData = nil
+	return file.Watch(ctx, d.opts.ConfigPath, opts, func(cfg *config.Config, err error) {
 		d.onConfig(ctx, cfg, err)
 	})
 }

@@ -33,6 +33,11 @@ type Options struct {
 	Reload <-chan struct{}
 	// Logger receives watch errors (default slog.Default()).
 	Logger *slog.Logger
+	// Initial, when set, is a config the caller already parsed from InitialData: the first
+	// read delivers it without parsing again when the file still holds those bytes (a large
+	// file is parsed once at start, not twice).
+	Initial     *config.Config
+	InitialData []byte
 
 	// onRead, for tests, is called after each read of the file with whether it delivered.
 	onRead func(delivered bool)
@@ -71,7 +76,8 @@ func Watch(ctx context.Context, path string, opts Options, deliver func(*config.
 	if err := w.Add(dir); err != nil {
 		return fmt.Errorf("watch config directory %s: %w", dir, err)
 	}
-	s := &state{path: path, abs: abs, dir: dir, w: w, log: log, onRead: opts.onRead}
+	s := &state{path: path, abs: abs, dir: dir, w: w, log: log, onRead: opts.onRead,
+		initial: opts.Initial, initialData: opts.InitialData}
 	s.follow()
 
 	s.read(true, deliver)
@@ -128,6 +134,10 @@ type state struct {
 	haveData  bool
 	last      []byte
 	lastErr   string
+	// initial is the caller's already parsed config of initialData (Options.Initial), used
+	// once by the first read.
+	initial     *config.Config
+	initialData []byte
 }
 
 // follow watches the directory of the file path currently resolves to, so that a file
@@ -194,6 +204,15 @@ func (s *state) readOnce(force bool, deliver func(*config.Config, error)) bool {
 		return false
 	}
 	s.delivered, s.haveData, s.last, s.lastErr = true, true, data, ""
+	if init := s.initial; init != nil {
+		s.initial = nil
+		if bytes.Equal(data, s.initialData) {
+			s.initialData = nil
+			deliver(init, nil)
+			return true
+		}
+		s.initialData = nil
+	}
 	cfg, err := config.Parse(s.path, data)
 	if err != nil {
 		deliver(nil, err)

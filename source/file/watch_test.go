@@ -349,3 +349,50 @@ func mustSymlink(t *testing.T, target, link string) {
 		t.Fatal(err)
 	}
 }
+
+// TestInitialConfigIsNotParsedAgain: a config the caller already parsed from the bytes the
+// file still holds is delivered as is (the same pointer); a file that changed in between is
+// parsed.
+func TestInitialConfigIsNotParsedAgain(t *testing.T) {
+	for _, changed := range []bool{false, true} {
+		path := filepath.Join(t.TempDir(), "svcproxy.yaml")
+		write(t, path, version(80))
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		initial, err := config.Parse(path, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if changed {
+			write(t, path, version(81))
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		got := make(chan *config.Config, 1)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = Watch(ctx, path, Options{Initial: initial, InitialData: data}, func(c *config.Config, err error) {
+				if err != nil {
+					t.Errorf("delivery error: %v", err)
+				}
+				select {
+				case got <- c:
+				default:
+				}
+			})
+		}()
+		var c *config.Config
+		select {
+		case c = <-got:
+		case <-time.After(waitTimeout):
+			t.Fatal("no delivery")
+		}
+		cancel()
+		<-done
+		if same := c == initial; same == changed {
+			t.Errorf("changed=%v: delivered the initial config = %v", changed, same)
+		}
+	}
+}
