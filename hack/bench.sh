@@ -22,6 +22,10 @@ svcproxy=${SVCPROXY_BIN:-bin/svcproxy}
 [[ -x "$svcproxy" ]] || { echo "bench: $svcproxy missing: run make build" >&2; exit 1; }
 mkdir -p .cache
 "$GO" build -o .cache/svcbench ./bench/cmd/svcbench
+# Pod wiring: svcproxy-cni (real daemon) against the reference bridge + host-local plugins,
+# ADD and DEL through cnitool, written to docs/benchmarks-cni.md.
+"$GO" build -o .cache/cnibench ./cni/cnibench/cmd/cnibench
+.cache/cnibench --svcproxy "$svcproxy" --out docs/benchmarks-cni.md --command "make bench   # = hack/bench.sh, which runs: .cache/cnibench --svcproxy $svcproxy --out docs/benchmarks-cni.md"
 # A private copy: every case of the run uses the same binary even if bin/ is rebuilt meanwhile.
 cp -f "$svcproxy" .cache/bench-svcproxy
 svcproxy=.cache/bench-svcproxy
