@@ -403,3 +403,88 @@ spec:
 		t.Errorf("only %d paths checked", checked)
 	}
 }
+
+// keptFile is a valid file whose services ask BuildState for every kind of item.
+const keptFile = `apiVersion: svcproxy.io/v1alpha1
+kind: ProxyConfig
+serviceCIDRs: [10.96.0.0/16, "fd00:96::/108"]
+nodePortRange: 30000-32767
+services:
+  - name: a
+    ports: [{port: 80}]
+  - name: b
+    type: NodePort
+    clusterIPs: [10.96.0.20, "fd00:96::20"]
+    ports:
+      - {name: http, port: 80, nodePort: 30080}
+      - {name: dns, port: 53, protocol: UDP}
+  - name: c
+    type: LoadBalancer
+    externalTrafficPolicy: Local
+    healthCheckNodePort: 31000
+    clusterIP: 10.96.0.30
+    ports: [{port: 443}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: k, namespace: ns}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  ports: [{name: x, port: 80, nodePort: 30090}, {name: y, port: 81}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: l}
+spec:
+  clusterIPs: [10.96.0.40]
+  ports: [{port: 80}]
+`
+
+// TestKeptPositions: once Parse lets go of the node trees, where still answers for every path
+// BuildState may report at what the full position map gives.
+func TestKeptPositions(t *testing.T) {
+	cfg, err := Parse("k.yaml", []byte(keptFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var roots []*yaml.Node
+	dec := yaml.NewDecoder(strings.NewReader(keptFile))
+	for {
+		var n yaml.Node
+		if dec.Decode(&n) != nil {
+			break
+		}
+		roots = append(roots, n.Content[0])
+	}
+	checked := 0
+	for _, e := range cfg.services {
+		if e.d.root != nil || e.d.kept == nil {
+			t.Fatalf("%s: the document still holds its node tree", e.key)
+		}
+		root := roots[e.d.index]
+		all := map[string]pos{}
+		allPositions(e.d, root, e.d.typ, "", all)
+		for _, p := range e.allocPaths() {
+			want := e.d.start
+			for q := p; ; {
+				if a, ok := all[q]; ok {
+					want = a
+					break
+				}
+				i := strings.LastIndexAny(q, ".[")
+				if i <= 0 {
+					break
+				}
+				q = q[:i]
+			}
+			if got := e.d.where(p); got != want {
+				t.Errorf("%s: where(%q) = %v, want %v", e.key, p, got, want)
+			}
+			checked++
+		}
+	}
+	if checked < 12 {
+		t.Errorf("only %d paths checked", checked)
+	}
+}

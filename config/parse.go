@@ -33,13 +33,32 @@ func Load(path string) (*Config, error) {
 // EndpointSlice (discovery.k8s.io/v1) objects. It returns an *Error listing every problem.
 func Parse(name string, data []byte) (*Config, error) {
 	var probs []Problem
-	p := &parser{file: name, probs: &probs, cfg: &Config{File: name}, fields: map[reflect.Type]map[string]field{}, fast: fastCache{}}
+	p := &parser{file: name, probs: &probs, cfg: &Config{File: name}, fields: map[reflect.Type]map[string]field{}, fast: fastCache{}, names: map[validName]bool{}}
 	p.run(data)
 	if len(probs) > 0 {
 		sortProblems(&probs)
 		return nil, &Error{Problems: probs}
 	}
+	p.keepPositions()
 	return p.cfg, nil
+}
+
+// keepPositions lets every document of a valid file go of its node tree, keeping only the
+// positions BuildState may report problems at.
+func (p *parser) keepPositions() {
+	paths := map[*doc][]string{}
+	for _, e := range p.cfg.services {
+		paths[e.d] = append(paths[e.d], e.allocPaths()...)
+	}
+	if p.proxyDoc != nil {
+		p.proxyDoc.keepPositions(paths[p.proxyDoc])
+	}
+	for _, k := range p.kubeSvcs {
+		k.d.keepPositions(paths[k.d])
+	}
+	for _, k := range p.slices {
+		k.d.keepPositions(nil)
+	}
 }
 
 // parser holds the state of one Parse.
@@ -52,6 +71,7 @@ type parser struct {
 	raw      *rawConfig
 	fields   map[reflect.Type]map[string]field
 	fast     fastCache
+	names    map[validName]bool
 	kubeSvcs []*kubeDoc[corev1.Service]
 	slices   []*kubeDoc[discoveryv1.EndpointSlice]
 }
@@ -99,7 +119,7 @@ func (p *parser) run(data []byte) {
 
 // document dispatches one YAML document on its apiVersion and kind.
 func (p *parser) document(i int, root *yaml.Node) {
-	d := &doc{file: p.file, index: i, start: pos{root.Line, root.Column}, probs: p.probs, fields: p.fields, fast: p.fast}
+	d := &doc{file: p.file, index: i, start: pos{root.Line, root.Column}, probs: p.probs, fields: p.fields, fast: p.fast, validNames: p.names}
 	if root.Kind != yaml.MappingNode {
 		d.addf("", "a document must be a mapping with apiVersion and kind, not %s", nodeKind(root))
 		return

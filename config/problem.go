@@ -79,8 +79,11 @@ type doc struct {
 	// root and typ are the document's node tree and the Go type it was read against (set by
 	// decodeNode): where finds positions from them only when a problem needs one, so that
 	// reading a valid file records no position at all.
-	root  *yaml.Node
-	typ   reflect.Type
+	root *yaml.Node
+	typ  reflect.Type
+	// kept holds, once the file was read without problems and root let go, the positions of
+	// the paths BuildState may report at (see keepPositions).
+	kept  map[string]pos
 	probs *[]Problem
 	// bad holds the paths whose value the reader refused: later checks that find the value
 	// missing or zero do not report it again.
@@ -89,6 +92,8 @@ type doc struct {
 	fields map[reflect.Type]map[string]field
 	// fast caches how the direct reader sees struct types, shared by the documents of one file.
 	fast fastCache
+	// validNames holds the names checkName found valid, shared by the documents of one file.
+	validNames map[validName]bool
 }
 
 // prePos is a position recorded before the document was read against its type.
@@ -109,8 +114,29 @@ func (d *doc) positions(path string) map[string]pos {
 		}
 		return at
 	}
-	d.record(d.root, d.typ, "", path, at)
+	if d.root == nil {
+		return d.kept
+	}
+	d.record(d.root, d.typ, "", wantPath(path), at)
 	return at
+}
+
+// keepPositions records the positions of paths (and of their ancestors), then lets go of the
+// node tree: where answers for those paths from then on, and for others as if they were not
+// in the file. The config of a large file then does not hold its whole node tree.
+func (d *doc) keepPositions(paths []string) {
+	if d.typ == nil || d.root == nil {
+		return
+	}
+	w := wantSet{}
+	for _, p := range paths {
+		w.add(p)
+	}
+	d.kept = map[string]pos{}
+	if len(w) > 0 {
+		d.record(d.root, d.typ, "", w, d.kept)
+	}
+	d.root = nil
 }
 
 // where returns the position of path, or of its nearest recorded ancestor.

@@ -30,6 +30,10 @@ func checkName(d *doc, path, v string, required bool, kind nameKind) {
 		}
 		return
 	}
+	key := validName{kind, v}
+	if d.validNames[key] {
+		return
+	}
 	var errs []string
 	switch kind {
 	case dns1123Label:
@@ -41,7 +45,16 @@ func checkName(d *doc, path, v string, required bool, kind nameKind) {
 	}
 	if len(errs) > 0 {
 		d.addf(path, "%q is not a valid name: %s", v, strings.Join(errs, "; "))
+	} else if d.validNames != nil {
+		d.validNames[key] = true
 	}
+}
+
+// validName is a name found valid for a kind, remembered per file: a file names the same
+// nodes and namespaces many times.
+type validName struct {
+	kind nameKind
+	name string
 }
 
 func checkProtocol(d *doc, path, p string) {
@@ -406,23 +419,25 @@ func allocRanges(cidrs []netip.Prefix, families []corev1.IPFamily, policy corev1
 // EndpointSlice form.
 func (p *parser) staticEndpoints(e *entry, eps []rawEndpoint) {
 	d := e.d
-	seen := map[netip.Addr]int{}
+	seen := make(map[netip.Addr]int, len(eps))
+	epsPath := join(e.path, "endpoints")
 	for i, re := range eps {
-		path := index(join(e.path, "endpoints"), i)
+		path := index(epsPath, i)
+		ipPath := path + ".ip"
 		if re.IP == "" {
-			d.addf(join(path, "ip"), "required")
+			d.addf(ipPath, "required")
 			continue
 		}
-		a, ok := parseIP(d, join(path, "ip"), re.IP)
+		a, ok := parseIP(d, ipPath, re.IP)
 		if !ok {
 			continue
 		}
-		checkEndpointIP(d, join(path, "ip"), a)
+		checkEndpointIP(d, ipPath, a)
 		if (e.v4 || e.v6) && !e.hasFamily(a) {
-			d.addf(join(path, "ip"), "%s is of an IP family the service has no VIP of", a)
+			d.addf(ipPath, "%s is of an IP family the service has no VIP of", a)
 		}
 		if first, dup := seen[a]; dup {
-			d.addf(join(path, "ip"), "duplicate endpoint %s (first at line %d)", a, d.line(index(join(e.path, "endpoints"), first)))
+			d.addf(ipPath, "duplicate endpoint %s (first at line %d)", a, d.line(index(epsPath, first)))
 		}
 		seen[a] = i
 		if re.NodeName != "" {

@@ -158,6 +158,27 @@ func (c *Config) allocate(e *entry, alloc Allocator, probs *[]Problem) (*corev1.
 	return svc, len(*probs) == before
 }
 
+// allocPaths returns every path allocate may report a problem at for e (Parse keeps their
+// positions when it lets go of the file's node tree).
+func (e *entry) allocPaths() []string {
+	spec := &e.svc.Spec
+	var paths []string
+	if len(spec.ClusterIPs) == 0 {
+		paths = append(paths, e.p("spec.clusterIP"))
+	} else {
+		paths = append(paths, e.vipPaths...)
+	}
+	if spec.Type == corev1.ServiceTypeNodePort || spec.Type == corev1.ServiceTypeLoadBalancer {
+		for j := range spec.Ports {
+			paths = append(paths, e.p(index("spec.ports", j)+".nodePort"))
+		}
+	}
+	if spec.Type == corev1.ServiceTypeLoadBalancer {
+		paths = append(paths, e.p("spec.healthCheckNodePort"))
+	}
+	return paths
+}
+
 // kubeconvProxyableIgnoringVIP is kubeconv.Proxyable for a service whose VIP may still have
 // to be allocated.
 func kubeconvProxyableIgnoringVIP(svc *corev1.Service) bool {

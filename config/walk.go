@@ -274,12 +274,20 @@ func (d *doc) structFields(t reflect.Type) map[string]field {
 	return fields
 }
 
-// record adds to at the positions the walker meets in n (read as type t at path) at path want
-// and at its ancestors: a field's or map key's position at its path, a sequence item's at its
-// index path. It goes as walk does (aliases and merge keys followed, a repeated key kept at
-// its first occurrence, nothing below a value walk does not enter), but only down the branch
-// that leads to want, so that locating a problem costs one walk down that branch.
-func (d *doc) record(n *yaml.Node, t reflect.Type, path, want string, at map[string]pos) {
+// wanted says which paths record looks at: the paths asked for and their ancestors.
+type wanted interface {
+	// key reports whether join(path, key) is wanted.
+	key(path, key string) bool
+	// items returns the indexes below n of the wanted items of the sequence at path, in order.
+	items(path string, n int) []int
+}
+
+// record adds to at the positions the walker meets in n (read as type t at path) at the paths
+// w wants: a field's or map key's position at its path, a sequence item's at its index path.
+// It goes as walk does (aliases and merge keys followed, a repeated key kept at its first
+// occurrence, nothing below a value walk does not enter), but only down the wanted branches,
+// so that locating a problem costs one walk down one branch.
+func (d *doc) record(n *yaml.Node, t reflect.Type, path string, w wanted, at map[string]pos) {
 	for n.Kind == yaml.AliasNode && n.Alias != nil {
 		n = n.Alias
 	}
@@ -301,14 +309,14 @@ func (d *doc) record(n *yaml.Node, t reflect.Type, path, want string, at map[str
 		var seen []string
 		for _, kv := range pairs(n) {
 			k, v := kv[0], kv[1]
-			if !childOf(want, path, k.Value) || slices.Contains(seen, k.Value) {
+			if !w.key(path, k.Value) || slices.Contains(seen, k.Value) {
 				continue
 			}
 			seen = append(seen, k.Value)
 			kp := join(path, k.Value)
 			at[kp] = pos{k.Line, k.Column}
 			if f, ok := fields[k.Value]; ok && k.Kind == yaml.ScalarNode {
-				d.record(v, f.typ, kp, want, at)
+				d.record(v, f.typ, kp, w, at)
 			}
 		}
 	case reflect.Map:
@@ -318,7 +326,7 @@ func (d *doc) record(n *yaml.Node, t reflect.Type, path, want string, at map[str
 		var seen []string
 		for _, kv := range pairs(n) {
 			k, v := kv[0], kv[1]
-			if !childOf(want, path, k.Value) || slices.Contains(seen, k.Value) {
+			if !w.key(path, k.Value) || slices.Contains(seen, k.Value) {
 				continue
 			}
 			kp := join(path, k.Value)
@@ -327,31 +335,26 @@ func (d *doc) record(n *yaml.Node, t reflect.Type, path, want string, at map[str
 				continue
 			}
 			seen = append(seen, k.Value)
-			d.record(v, t.Elem(), kp, want, at)
+			d.record(v, t.Elem(), kp, w, at)
 		}
 	case reflect.Slice, reflect.Array:
-		if n.Kind != yaml.SequenceNode || !strings.HasPrefix(want, path+"[") {
+		if n.Kind != yaml.SequenceNode {
 			return
 		}
-		rest := want[len(path)+1:]
-		j := strings.IndexByte(rest, ']')
-		if j < 0 {
-			return
+		for _, i := range w.items(path, len(n.Content)) {
+			item := n.Content[i]
+			ip := index(path, i)
+			at[ip] = pos{item.Line, item.Column}
+			d.record(item, t.Elem(), ip, w, at)
 		}
-		i, err := strconv.Atoi(rest[:j])
-		if err != nil || i < 0 || i >= len(n.Content) || strconv.Itoa(i) != rest[:j] {
-			return
-		}
-		item := n.Content[i]
-		ip := index(path, i)
-		at[ip] = pos{item.Line, item.Column}
-		d.record(item, t.Elem(), ip, want, at)
 	}
 }
 
-// childOf reports whether join(path, key) is want or one of the ancestors where looks up for
-// want (a prefix of want followed by "." or "[").
-func childOf(want, path, key string) bool {
+// wantPath wants one path and its ancestors (those where looks up for it).
+type wantPath string
+
+func (w wantPath) key(path, key string) bool {
+	want := string(w)
 	if path != "" {
 		if len(want) <= len(path) || !strings.HasPrefix(want, path) || want[len(path)] != '.' {
 			return false
@@ -359,6 +362,65 @@ func childOf(want, path, key string) bool {
 		want = want[len(path)+1:]
 	}
 	return strings.HasPrefix(want, key) && (len(want) == len(key) || want[len(key)] == '.' || want[len(key)] == '[')
+}
+
+// itemIndex returns the index of the item of the sequence at path that w is or is below, or -1.
+func (w wantPath) itemIndex(path string) int {
+	want := string(w)
+	if !strings.HasPrefix(want, path+"[") {
+		return -1
+	}
+	rest := want[len(path)+1:]
+	j := strings.IndexByte(rest, ']')
+	if j < 0 {
+		return -1
+	}
+	i, err := strconv.Atoi(rest[:j])
+	if err != nil || i < 0 || strconv.Itoa(i) != rest[:j] {
+		return -1
+	}
+	return i
+}
+
+func (w wantPath) items(path string, n int) []int {
+	if i := w.itemIndex(path); i >= 0 && i < n {
+		return []int{i}
+	}
+	return nil
+}
+
+// wantSet wants every path it holds; add puts a path in with its ancestors.
+type wantSet map[string]bool
+
+func (w wantSet) add(path string) {
+	for p := path; ; {
+		w[p] = true
+		i := strings.LastIndexAny(p, ".[")
+		if i <= 0 {
+			return
+		}
+		p = p[:i]
+	}
+}
+
+func (w wantSet) key(path, key string) bool {
+	if path == "" {
+		return w[key]
+	}
+	return w[path+"."+key]
+}
+
+func (w wantSet) items(path string, n int) []int {
+	if !w[path] && path != "" {
+		return nil
+	}
+	var out []int
+	for i := 0; i < n; i++ {
+		if w[index(path, i)] {
+			out = append(out, i)
+		}
+	}
+	return out
 }
 
 // suggest returns ` (did you mean "x"?)` when a known field differs from name only in case.
