@@ -17,7 +17,7 @@ go test -count=1 -p 2 -timeout 75m -v ./... >"$log" 2>&1
 rc=$?
 grep -E '^(=== NAME|ok |FAIL|panic:|--- FAIL|--- SKIP)|^\s+--- (PASS|FAIL|SKIP)|^--- PASS' "$log" | grep -v '^=== NAME' || true
 echo "figures reported by the tests:"
-grep -E 'crash test: [0-9]+ rounds|stopped receiving connections|IP of the deleted pod freed|harness: control plane ready' "$log" | sed 's/^ */  /' | sort -u | head -20 || true
+grep -E 'crash test: [0-9]+ rounds|stopped receiving connections|IP of the deleted pod freed' "$log" | sed 's/^ */  /' | sort -u | head -20 || true
 passed=$(grep -cE '^\s*--- PASS' "$log")
 failed=$(grep -cE '^\s*--- FAIL' "$log")
 skipped=$(grep -cE '^\s*--- SKIP' "$log")
