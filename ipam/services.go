@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -49,6 +50,12 @@ type ServiceAllocator struct {
 	order   []netip.Prefix
 	touched map[string]bool // user keys asked for since the last Retain
 	calls   int             // allocation calls since the last Retain
+	// memo holds heldBy's answers by pool and user key, for the keys asked for since the last
+	// Retain; memoPrev those of the cycle before (entries unused for a whole cycle are dropped).
+	memo, memoPrev map[string]heldMemo
+	// swept holds the records decodeSwept decoded in the current sweep, by their bytes;
+	// sweptPrev those of the sweep before.
+	swept, sweptPrev map[string]*record
 }
 
 // Package ipam does not import package config, so that it builds and tests on its own;
@@ -65,7 +72,8 @@ func (s *Store) NewServiceAllocator(opts ServiceOptions) (*ServiceAllocator, err
 	if err != nil {
 		return nil, err
 	}
-	a := &ServiceAllocator{s: s, nodePorts: np, grace: opts.GracePeriod, ranges: map[netip.Prefix]*space{}, touched: map[string]bool{}}
+	a := &ServiceAllocator{s: s, nodePorts: np, grace: opts.GracePeriod, ranges: map[netip.Prefix]*space{}, touched: map[string]bool{},
+		memo: map[string]heldMemo{}, swept: map[string]*record{}}
 	if a.grace == 0 {
 		a.grace = DefaultGracePeriod
 	}
@@ -197,26 +205,30 @@ func (a *ServiceAllocator) nodePort(req itemReq, want uint16) (uint16, error) {
 // allocate serves a VIP or node port request in space sp.
 func (a *ServiceAllocator) allocate(ctx context.Context, sp *space, req itemReq) (ord, error) {
 	a.touch(req.key)
+	// Read-only first: what the user already holds is answered without a write transaction.
 	var got ord
-	done := false
+	var raw []byte
 	err := a.s.view(ctx, func(tx *bolt.Tx) error {
 		p := getPool(tx, sp.pool)
 		cur, ok := p.lookup(req.key)
 		if !ok || !sp.contains(cur) || (req.hasWant && req.want != cur) {
 			return nil
 		}
-		r, err := p.get(cur, sp.width)
-		if err != nil || r == nil {
-			return err
-		}
-		if i := r.userIndex(req.key); i >= 0 && r.Users[i].Missing == 0 {
-			got, done = cur, true
+		if v := p.items.Get(encode(cur, sp.width)); v != nil {
+			got, raw = cur, bytes.Clone(v)
 		}
 		return nil
 	})
-	if err != nil || done {
-		return got, err
+	if err != nil {
+		return ord{}, err
 	}
+	if raw != nil {
+		held, err := a.heldBy(sp.pool, req.key, raw)
+		if err != nil || held {
+			return got, err
+		}
+	}
+	got = ord{}
 	err = a.s.update(ctx, func(tx *bolt.Tx) error {
 		now := a.s.now()
 		p := getPool(tx, sp.pool)
@@ -304,6 +316,41 @@ func (a *ServiceAllocator) allocate(ctx context.Context, sp *space, req itemReq)
 	return got, nil
 }
 
+// heldMemo is what the read-only path of allocate last found in one user's item record: the
+// record's bytes, and whether they show the user holding the item (not missing).
+type heldMemo struct {
+	raw  []byte
+	held bool
+}
+
+// heldBy reports whether item record raw (read from pool) shows user key holding the item. The
+// answer depends on the bytes alone, so it is remembered with them: a reload asking again for
+// everything the services hold decodes only the records that changed.
+func (a *ServiceAllocator) heldBy(pool, key string, raw []byte) (bool, error) {
+	mk := pool + "\x00" + key
+	a.mu.Lock()
+	m, ok := a.memo[mk]
+	if !ok {
+		if m, ok = a.memoPrev[mk]; ok {
+			a.memo[mk] = m
+		}
+	}
+	a.mu.Unlock()
+	if ok && bytes.Equal(m.raw, raw) {
+		return m.held, nil
+	}
+	r, err := decodeRecord(raw)
+	if err != nil {
+		return false, err
+	}
+	i := r.userIndex(key)
+	held := i >= 0 && r.Users[i].Missing == 0
+	a.mu.Lock()
+	a.memo[mk] = heldMemo{raw: raw, held: held}
+	a.mu.Unlock()
+	return held, nil
+}
+
 func (a *ServiceAllocator) takeNew(tx *bolt.Tx, p pool, sp *space, req itemReq, o ord, now time.Time, dynamic bool) error {
 	gen, err := nextGen(tx)
 	if err != nil {
@@ -374,6 +421,32 @@ func (a *ServiceAllocator) freeExpired(p pool, width int, o ord, r *record, now 
 	return free, nil
 }
 
+// decodeSwept decodes item record v for sweepPool, remembering the records of the last two
+// sweeps by their bytes: a sweep over records that did not change decodes none. The record
+// returned is the caller's own.
+func (a *ServiceAllocator) decodeSwept(v []byte) (*record, error) {
+	a.mu.Lock()
+	r, ok := a.swept[string(v)]
+	if !ok {
+		if r, ok = a.sweptPrev[string(v)]; ok {
+			a.swept[string(v)] = r
+		}
+	}
+	a.mu.Unlock()
+	if !ok {
+		var err error
+		if r, err = decodeRecord(v); err != nil {
+			return nil, err
+		}
+		a.mu.Lock()
+		a.swept[string(v)] = r
+		a.mu.Unlock()
+	}
+	c := *r
+	c.Users = slices.Clone(r.Users)
+	return &c, nil
+}
+
 // retainSet says which users stay (a Retain in progress); nil means expiry only.
 type retainSet struct {
 	services map[string]bool
@@ -391,7 +464,7 @@ func (a *ServiceAllocator) sweepPool(p pool, kind Kind, v6 bool, now time.Time, 
 	width := itemWidth(kind, v6)
 	var changes []change
 	err := p.items.ForEach(func(k, v []byte) error {
-		r, err := decodeRecord(v)
+		r, err := a.decodeSwept(v)
 		if err != nil {
 			return fmt.Errorf("pool %s item %x: %w", p.name, k, err)
 		}
@@ -460,6 +533,7 @@ func (a *ServiceAllocator) RetainContext(ctx context.Context, services []model.S
 	a.mu.Lock()
 	rs := &retainSet{services: make(map[string]bool, len(services)), touched: a.touched, cycle: a.calls > 0}
 	a.touched, a.calls = map[string]bool{}, 0
+	a.memo, a.memoPrev = make(map[string]heldMemo, len(a.memo)), a.memo
 	a.mu.Unlock()
 	for _, k := range services {
 		rs.services[k.String()] = true
@@ -489,6 +563,9 @@ func (a *ServiceAllocator) Sweep(ctx context.Context) ([]Allocation, error) {
 }
 
 func (a *ServiceAllocator) sweep(ctx context.Context, rs *retainSet) ([]Allocation, error) {
+	a.mu.Lock()
+	a.swept, a.sweptPrev = make(map[string]*record, len(a.swept)), a.swept
+	a.mu.Unlock()
 	var freed []Allocation
 	err := a.s.update(ctx, func(tx *bolt.Tx) error {
 		now := a.s.now()
