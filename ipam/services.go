@@ -40,6 +40,10 @@ type ServiceOptions struct {
 // Items of retained services that were not asked for between the previous two Retain calls
 // (a removed port, a health-check port no longer needed) start theirs too: with Retain first,
 // that is at the reload after the one that dropped them.
+//
+// Asking again for what a service already holds, and a Retain that changes nothing (the reload
+// of an unchanged config), commit no write transaction; the allocator remembers what it last
+// read, and trusts it only while no write transaction has ended on the store since.
 type ServiceAllocator struct {
 	s         *Store
 	nodePorts *space
@@ -205,7 +209,14 @@ func (a *ServiceAllocator) nodePort(req itemReq, want uint16) (uint16, error) {
 // allocate serves a VIP or node port request in space sp.
 func (a *ServiceAllocator) allocate(ctx context.Context, sp *space, req itemReq) (ord, error) {
 	a.touch(req.key)
-	// Read-only first: what the user already holds is answered without a write transaction.
+	// Read-only first: what the user already holds is answered without a write transaction,
+	// and without any transaction when nothing was written since it was last read.
+	mk := sp.pool + "\x00" + req.key
+	m, known := a.memoized(mk)
+	if known && m.held && m.gen == a.s.writes.Load() && sp.contains(m.cur) && (!req.hasWant || req.want == m.cur) {
+		return m.cur, nil
+	}
+	gen := a.s.writes.Load()
 	var got ord
 	var raw []byte
 	err := a.s.view(ctx, func(tx *bolt.Tx) error {
@@ -223,7 +234,7 @@ func (a *ServiceAllocator) allocate(ctx context.Context, sp *space, req itemReq)
 		return ord{}, err
 	}
 	if raw != nil {
-		held, err := a.heldBy(sp.pool, req.key, raw)
+		held, err := a.heldBy(mk, req.key, m, known, heldMemo{raw: raw, cur: got, gen: gen})
 		if err != nil || held {
 			return got, err
 		}
@@ -316,39 +327,47 @@ func (a *ServiceAllocator) allocate(ctx context.Context, sp *space, req itemReq)
 	return got, nil
 }
 
-// heldMemo is what the read-only path of allocate last found in one user's item record: the
-// record's bytes, and whether they show the user holding the item (not missing).
+// heldMemo is what the read-only path of allocate last found for one user key: the bytes of
+// the record of the item cur the user's index pointed at, whether they show the user holding
+// it (not missing), and the store's write count before that read.
 type heldMemo struct {
 	raw  []byte
+	cur  ord
 	held bool
+	gen  uint64
 }
 
-// heldBy reports whether item record raw (read from pool) shows user key holding the item. The
-// answer depends on the bytes alone, so it is remembered with them: a reload asking again for
-// everything the services hold decodes only the records that changed.
-func (a *ServiceAllocator) heldBy(pool, key string, raw []byte) (bool, error) {
-	mk := pool + "\x00" + key
+// memoized returns the memo of pool-and-user key mk, if any.
+func (a *ServiceAllocator) memoized(mk string) (heldMemo, bool) {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	m, ok := a.memo[mk]
 	if !ok {
 		if m, ok = a.memoPrev[mk]; ok {
 			a.memo[mk] = m
 		}
 	}
-	a.mu.Unlock()
-	if ok && bytes.Equal(m.raw, raw) {
-		return m.held, nil
+	return m, ok
+}
+
+// heldBy reports whether the record just read (now.raw, of item now.cur) shows user key
+// holding the item, and remembers it as mk's memo. The answer depends on the bytes alone:
+// when they equal those of the previous memo (prev, when known), they are not decoded again.
+func (a *ServiceAllocator) heldBy(mk, key string, prev heldMemo, known bool, now heldMemo) (bool, error) {
+	if known && bytes.Equal(prev.raw, now.raw) {
+		now.held = prev.held
+	} else {
+		r, err := decodeRecord(now.raw)
+		if err != nil {
+			return false, err
+		}
+		i := r.userIndex(key)
+		now.held = i >= 0 && r.Users[i].Missing == 0
 	}
-	r, err := decodeRecord(raw)
-	if err != nil {
-		return false, err
-	}
-	i := r.userIndex(key)
-	held := i >= 0 && r.Users[i].Missing == 0
 	a.mu.Lock()
-	a.memo[mk] = heldMemo{raw: raw, held: held}
+	a.memo[mk] = now
 	a.mu.Unlock()
-	return held, nil
+	return now.held, nil
 }
 
 func (a *ServiceAllocator) takeNew(tx *bolt.Tx, p pool, sp *space, req itemReq, o ord, now time.Time, dynamic bool) error {
@@ -421,6 +440,41 @@ func (a *ServiceAllocator) freeExpired(p pool, width int, o ord, r *record, now 
 	return free, nil
 }
 
+// sweepRecord marks the users of r missing per rs (when non-nil) and reports whether r changes
+// or has a user whose grace is over.
+func (a *ServiceAllocator) sweepRecord(r *record, now time.Time, rs *retainSet) bool {
+	changed := false
+	for i, u := range r.Users {
+		if rs != nil && u.Missing == 0 && (!rs.services[r.Service] || (rs.cycle && !rs.touched[u.Key])) {
+			r.Users[i].Missing = now.UnixNano()
+			changed = true
+		}
+		if a.userExpired(r.Users[i], now) {
+			changed = true
+		}
+	}
+	return changed
+}
+
+// sweepNeeded reports whether sweepPool would change anything in p.
+func (a *ServiceAllocator) sweepNeeded(p pool, now time.Time, rs *retainSet) (bool, error) {
+	errFound := errors.New("found")
+	err := p.items.ForEach(func(k, v []byte) error {
+		r, err := a.decodeSwept(v)
+		if err != nil {
+			return fmt.Errorf("pool %s item %x: %w", p.name, k, err)
+		}
+		if a.sweepRecord(r, now, rs) {
+			return errFound
+		}
+		return nil
+	})
+	if errors.Is(err, errFound) {
+		return true, nil
+	}
+	return false, err
+}
+
 // decodeSwept decodes item record v for sweepPool, remembering the records of the last two
 // sweeps by their bytes: a sweep over records that did not change decodes none. The record
 // returned is the caller's own.
@@ -468,17 +522,7 @@ func (a *ServiceAllocator) sweepPool(p pool, kind Kind, v6 bool, now time.Time, 
 		if err != nil {
 			return fmt.Errorf("pool %s item %x: %w", p.name, k, err)
 		}
-		changed := false
-		for i, u := range r.Users {
-			if rs != nil && u.Missing == 0 && (!rs.services[r.Service] || (rs.cycle && !rs.touched[u.Key])) {
-				r.Users[i].Missing = now.UnixNano()
-				changed = true
-			}
-			if a.userExpired(r.Users[i], now) {
-				changed = true
-			}
-		}
-		if changed {
+		if a.sweepRecord(r, now, rs) {
 			changes = append(changes, change{decode(k), r})
 		}
 		return nil
@@ -566,8 +610,25 @@ func (a *ServiceAllocator) sweep(ctx context.Context, rs *retainSet) ([]Allocati
 	a.mu.Lock()
 	a.swept, a.sweptPrev = make(map[string]*record, len(a.swept)), a.swept
 	a.mu.Unlock()
+	// Read-only first: a sweep that changes nothing (the reload of an unchanged config) costs
+	// no write transaction.
+	needed := false
+	err := a.s.view(ctx, func(tx *bolt.Tx) error {
+		now := a.s.now()
+		for _, sp := range servicePools {
+			n, err := a.sweepNeeded(getPool(tx, sp.name), now, rs)
+			if err != nil || n {
+				needed = n
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil || !needed {
+		return nil, err
+	}
 	var freed []Allocation
-	err := a.s.update(ctx, func(tx *bolt.Tx) error {
+	err = a.s.update(ctx, func(tx *bolt.Tx) error {
 		now := a.s.now()
 		freed = nil
 		for _, sp := range servicePools {

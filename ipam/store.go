@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -55,6 +56,9 @@ type Options struct {
 // directory. Every allocation and release is one fsync'd transaction; the database file is
 // locked (flock) so that a second process cannot open it. A Store is safe for concurrent use.
 type Store struct {
+	// writes counts the read-write transactions that ended (committed or not): a read made
+	// while it had a value still holds while it has that value.
+	writes      atomic.Uint64
 	db          *bolt.DB
 	path        string
 	now         func() time.Time
@@ -221,6 +225,7 @@ func (s *Store) update(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	defer s.writes.Add(1) // after the transaction, so that no read taken before it looks current
 	return s.db.Update(fn)
 }
 
