@@ -25,8 +25,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/selection"
-	"k8s.io/client-go/informers"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -85,8 +86,12 @@ type Source struct {
 	opts   Options
 	log    *slog.Logger
 
-	svcFactory, nodeFactory, podFactory informers.SharedInformerFactory
-	svcs, slices, nodes, pods           cache.SharedIndexInformer
+	svcs, slices, nodes, pods cache.SharedIndexInformer
+
+	// gate holds the informers' list and watch calls back during an API outage and releases
+	// them when the probe sees the API server answer again; see apiGate.
+	gate        *apiGate
+	maxGateWait time.Duration
 
 	kick chan struct{}
 
@@ -133,42 +138,68 @@ func New(client kubernetes.Interface, opts Options) *Source {
 		opts.Now = time.Now
 	}
 	s := &Source{
-		client:    client,
-		opts:      opts,
-		log:       opts.Logger.With("source", "kubernetes"),
-		kick:      make(chan struct{}, 1),
-		dirty:     map[model.ServiceKey]struct{}{},
-		triggers:  map[model.ServiceKey]time.Time{},
-		converted: map[model.ServiceKey]*model.Service{},
+		client:      client,
+		opts:        opts,
+		log:         opts.Logger.With("source", "kubernetes"),
+		kick:        make(chan struct{}, 1),
+		dirty:       map[model.ServiceKey]struct{}{},
+		triggers:    map[model.ServiceKey]time.Time{},
+		converted:   map[model.ServiceKey]*model.Service{},
+		gate:        newAPIGate(),
+		maxGateWait: DefaultMaxGateWait,
 	}
 	// As kube-proxy: objects owned by another proxy, and the slices of headless services, are
 	// filtered out by the API server.
 	noProxyName, _ := labels.NewRequirement(kubeconv.LabelServiceProxyName, selection.DoesNotExist, nil)
 	noHeadless, _ := labels.NewRequirement(kubeconv.LabelHeadless, selection.DoesNotExist, nil)
 	selector := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
-	s.svcFactory = informers.NewSharedInformerFactoryWithOptions(client, opts.ResyncPeriod,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
-	s.nodeFactory = informers.NewSharedInformerFactory(client, opts.ResyncPeriod)
+	svcOpts := func(o *metav1.ListOptions) { o.LabelSelector = selector }
 	podSelector := fields.OneTermEqualSelector("spec.nodeName", opts.NodeName).String()
-	s.podFactory = informers.NewSharedInformerFactoryWithOptions(client, opts.ResyncPeriod,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = podSelector }))
+	podOpts := func(o *metav1.ListOptions) { o.FieldSelector = podSelector }
+	nsIndex := cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}
 
-	s.svcs = s.svcFactory.Core().V1().Services().Informer()
-	s.slices = s.svcFactory.Discovery().V1().EndpointSlices().Informer()
-	s.nodes = s.nodeFactory.Core().V1().Nodes().Informer()
-	s.pods = s.podFactory.Core().V1().Pods().Informer()
+	s.svcs = s.informer("services", &corev1.Service{}, nsIndex, svcOpts,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return client.CoreV1().Services(metav1.NamespaceAll).List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return client.CoreV1().Services(metav1.NamespaceAll).Watch(ctx, o)
+		})
+	s.slices = s.informer("endpointslices", &discoveryv1.EndpointSlice{}, cache.Indexers{
+		cache.NamespaceIndex: cache.MetaNamespaceIndexFunc,
+		sliceServiceIndex: func(obj any) ([]string, error) {
+			sl, ok := obj.(*discoveryv1.EndpointSlice)
+			if !ok {
+				return nil, nil
+			}
+			if k, ok := kubeconv.ServiceKeyOf(sl); ok {
+				return []string{k.String()}, nil
+			}
+			return nil, nil
+		},
+	}, svcOpts,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).Watch(ctx, o)
+		})
+	s.nodes = s.informer("nodes", &corev1.Node{}, cache.Indexers{}, nil,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return client.CoreV1().Nodes().List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return client.CoreV1().Nodes().Watch(ctx, o)
+		})
+	s.pods = s.informer("pods", &corev1.Pod{}, nsIndex, podOpts,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return client.CoreV1().Pods(metav1.NamespaceAll).Watch(ctx, o)
+		})
 
 	// Errors here only mean "already started", which cannot be the case yet.
-	_ = s.slices.AddIndexers(cache.Indexers{sliceServiceIndex: func(obj any) ([]string, error) {
-		sl, ok := obj.(*discoveryv1.EndpointSlice)
-		if !ok {
-			return nil, nil
-		}
-		if k, ok := kubeconv.ServiceKeyOf(sl); ok {
-			return []string{k.String()}, nil
-		}
-		return nil, nil
-	}})
 	for _, inf := range []cache.SharedIndexInformer{s.svcs, s.slices, s.nodes, s.pods} {
 		_ = inf.SetTransform(trim)
 		_ = inf.SetWatchErrorHandlerWithContext(s.watchError)
@@ -211,15 +242,16 @@ func (s *Source) Run(ctx context.Context, onChange func(*model.State)) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for _, f := range []informers.SharedInformerFactory{s.svcFactory, s.nodeFactory, s.podFactory} {
-		f.Start(ctx.Done())
-		defer f.Shutdown()
+	var running sync.WaitGroup
+	defer running.Wait()
+	for _, inf := range []cache.SharedIndexInformer{s.svcs, s.slices, s.nodes, s.pods} {
+		running.Go(func() { inf.RunWithContext(ctx) })
 	}
 	var probes sync.WaitGroup
 	probes.Add(1)
 	go func() { defer probes.Done(); s.probe(ctx) }()
 	defer probes.Wait()
-	defer cancel() // runs before probes.Wait and the factory shutdowns
+	defer cancel() // runs before probes.Wait and running.Wait
 
 	syncCtx := ctx
 	if s.opts.InitialSyncTimeout > 0 {
@@ -625,7 +657,7 @@ func (s *Source) probe(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if s.opts.Now().Sub(s.LastContact()) < s.opts.ProbeInterval {
+		if !s.gate.isDown() && s.opts.Now().Sub(s.LastContact()) < s.opts.ProbeInterval {
 			continue // heard from it recently
 		}
 		pctx, cancel := context.WithTimeout(ctx, s.opts.ProbeInterval)
@@ -634,11 +666,12 @@ func (s *Source) probe(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.errMu.Lock()
-		s.lastErr = err
-		s.errMu.Unlock()
+		s.setErr(err)
 		if err == nil {
 			s.touch()
+			if s.gate.up() {
+				s.log.Info("API server answers /readyz again; informers reconnect now")
+			}
 		} else {
 			s.log.Debug("API server probe failed", "err", err)
 		}
@@ -664,15 +697,43 @@ func (s *Source) ping(ctx context.Context) error {
 	return nil
 }
 
+// setErr records err as the last error (nil: the last probe succeeded).
+func (s *Source) setErr(err error) {
+	s.errMu.Lock()
+	s.lastErr = err
+	s.errMu.Unlock()
+}
+
+// informer makes the shared informer of one resource (all namespaces), whose list and watch
+// calls, with tweak applied to their options, go through the gate.
+func (s *Source) informer(resource string, example runtime.Object, indexers cache.Indexers, tweak func(*metav1.ListOptions),
+	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
+	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error)) cache.SharedIndexInformer {
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			if tweak != nil {
+				tweak(&o)
+			}
+			return gated(ctx, s, "listing "+resource, func(ctx context.Context) (runtime.Object, error) { return list(ctx, o) })
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			if tweak != nil {
+				tweak(&o)
+			}
+			return gated(ctx, s, "watching "+resource, func(ctx context.Context) (watch.Interface, error) { return watchFn(ctx, o) })
+		},
+	}
+	return cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, s.client), example,
+		cache.SharedIndexInformerOptions{ResyncPeriod: s.opts.ResyncPeriod, Indexers: indexers, ObjectDescription: resource})
+}
+
 func (s *Source) touch() { s.lastContact.Store(s.opts.Now().UnixNano()) }
 
 func (s *Source) watchError(ctx context.Context, r *cache.Reflector, err error) {
 	if ctx.Err() != nil {
 		return // shutting down
 	}
-	s.errMu.Lock()
-	s.lastErr = fmt.Errorf("watching %s: %w", r.TypeDescription(), err)
-	s.errMu.Unlock()
+	s.setErr(fmt.Errorf("watching %s: %w", r.TypeDescription(), err))
 	s.log.Warn("watch failed; retrying", "resource", r.TypeDescription(), "err", err)
 	cache.DefaultWatchErrorHandler(ctx, r, err)
 }
