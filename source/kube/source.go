@@ -4,7 +4,10 @@
 // one Service and its EndpointSlices is source/kubeconv's (kube-proxy's merge rules); this
 // package only watches, tracks what changed, and assembles states. It never touches the
 // kernel. During an API outage the informers keep their last view, so the last state stays
-// in force; LastContact and Stale tell health checks how old that view is.
+// in force; LastContact and Stale tell health checks how old that view is. The informers'
+// list and watch calls then wait for the /readyz probe to see the API server answer (see
+// apiGate) rather than retry on client-go's backoff, so they reconnect within one probe
+// interval of its return.
 package kube
 
 import (
