@@ -247,8 +247,30 @@ func syntheticSlices(svc *corev1.Service, name string, eps []discoveryv1.Endpoin
 		}
 		ports = append(ports, discoveryv1.EndpointPort{Name: ptr(sp.Name), Protocol: ptr(sp.Protocol), Port: ptr(target)})
 	}
+	// The family of each endpoint (0 when its address does not parse), and the count of each.
+	fams := make([]discoveryv1.AddressType, len(eps))
+	var count [2]int // IPv4, IPv6
+	for i, ep := range eps {
+		a, err := netip.ParseAddr(ep.Addresses[0])
+		switch {
+		case err != nil:
+			continue
+		case a.Is4():
+			fams[i] = discoveryv1.AddressTypeIPv4
+		default:
+			fams[i] = discoveryv1.AddressTypeIPv6
+		}
+		if fams[i] == discoveryv1.AddressTypeIPv4 {
+			count[0]++
+		} else {
+			count[1]++
+		}
+	}
 	var out []*discoveryv1.EndpointSlice
-	for _, at := range []discoveryv1.AddressType{discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6} {
+	for f, at := range []discoveryv1.AddressType{discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6} {
+		if count[f] == 0 {
+			continue
+		}
 		sl := &discoveryv1.EndpointSlice{
 			ObjectMeta: metav1.ObjectMeta{
 				Namespace: svc.Namespace,
@@ -257,16 +279,14 @@ func syntheticSlices(svc *corev1.Service, name string, eps []discoveryv1.Endpoin
 			},
 			AddressType: at,
 			Ports:       ports,
+			Endpoints:   make([]discoveryv1.Endpoint, 0, count[f]),
 		}
-		for _, ep := range eps {
-			a, err := netip.ParseAddr(ep.Addresses[0])
-			if err == nil && a.Is4() == (at == discoveryv1.AddressTypeIPv4) {
+		for i, ep := range eps {
+			if fams[i] == at {
 				sl.Endpoints = append(sl.Endpoints, ep)
 			}
 		}
-		if len(sl.Endpoints) > 0 {
-			out = append(out, sl)
-		}
+		out = append(out, sl)
 	}
 	return out
 }
