@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -421,6 +422,7 @@ func (p *parser) staticEndpoints(e *entry, eps []rawEndpoint) {
 	d := e.d
 	seen := make(map[netip.Addr]int, len(eps))
 	epsPath := join(e.path, "endpoints")
+	e.static = slices.Grow(e.static, len(eps))
 	for i, re := range eps {
 		path := index(epsPath, i)
 		ipPath := path + ".ip"
@@ -440,7 +442,7 @@ func (p *parser) staticEndpoints(e *entry, eps []rawEndpoint) {
 			d.addf(ipPath, "duplicate endpoint %s (first at line %d)", a, d.line(index(epsPath, first)))
 		}
 		seen[a] = i
-		if re.NodeName != "" {
+		if re.NodeName != "" && !d.validNames[validName{dns1123Subdomain, re.NodeName}] {
 			checkName(d, join(path, "nodeName"), re.NodeName, false, dns1123Subdomain)
 		}
 		ready := re.Ready == nil || *re.Ready
