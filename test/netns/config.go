@@ -55,6 +55,19 @@ type Service struct {
 
 	// Selector makes the pods registered through svcproxy-cni whose labels match endpoints.
 	Selector map[string]string `yaml:"selector,omitempty"`
+	// HealthCheck is the service's active endpoint check (nil: none).
+	HealthCheck *HealthCheck `yaml:"healthCheck,omitempty"`
+}
+
+// HealthCheck is a service's active endpoint health check, as in the ProxyConfig.
+type HealthCheck struct {
+	Type               string `yaml:"type,omitempty"`
+	Port               int    `yaml:"port,omitempty"`
+	Path               string `yaml:"path,omitempty"`
+	IntervalSeconds    int    `yaml:"intervalSeconds,omitempty"`
+	TimeoutSeconds     int    `yaml:"timeoutSeconds,omitempty"`
+	HealthyThreshold   int    `yaml:"healthyThreshold,omitempty"`
+	UnhealthyThreshold int    `yaml:"unhealthyThreshold,omitempty"`
 }
 
 // ServicePort is one port of a Service.

@@ -21,6 +21,7 @@ var (
 	webVIP    = netip.MustParseAddr("10.96.0.10")
 	dnsVIP    = netip.MustParseAddr("10.96.0.53")
 	emptyVIP  = netip.MustParseAddr("10.96.0.20")
+	checkVIP  = netip.MustParseAddr("10.96.0.73")
 	selfVIP   = netip.MustParseAddr("10.96.0.30")
 	stickyVIP = netip.MustParseAddr("10.96.0.40")
 	npVIP     = netip.MustParseAddr("10.96.0.50")
@@ -269,6 +270,63 @@ var scenarios = []scenario{
 		res = e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: e.web(), Count: spreadConns})
 		e.requireSpread("after adding pod-c back", res, e.a, e.b, e.c)
 	}},
+	{name: "active health check takes a failing endpoint out and back",
+		before: func(e *env) {
+			// The check port answers on pod-a and pod-b only: pod-c fails its check.
+			for _, p := range []*Pod{e.a, e.b} {
+				if _, err := e.s.StartServer(e.ctx, p, ServeSpec{TCP: []uint16{9999}}); err != nil {
+					e.t.Fatal(err)
+				}
+			}
+			e.extra = append(e.extra, Service{Name: "checked", ClusterIP: checkVIP.String(),
+				Ports:     []ServicePort{{Name: "http", Protocol: "TCP", Port: webPort, TargetPort: 8080}},
+				Endpoints: ReadyEndpoints(nodeName, e.a, e.b, e.c),
+				HealthCheck: &HealthCheck{Type: "tcp", Port: 9999, IntervalSeconds: 1, TimeoutSeconds: 1,
+					HealthyThreshold: 1, UnhealthyThreshold: 2}})
+		},
+		run: func(e *env) {
+			vip := netip.AddrPortFrom(checkVIP, webPort)
+			// Bounded wait: two failed checks one second apart, then a sync.
+			waitFor := func(what string, ok func(ProbeResult) bool) {
+				e.t.Helper()
+				deadline := time.Now().Add(15 * time.Second)
+				for {
+					r := e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: vip, Count: 30, Parallel: 4})
+					if ok(r) {
+						return
+					}
+					if time.Now().After(deadline) {
+						e.t.Fatalf("%s: not seen within 15 s, last batch %v", what, r)
+					}
+					time.Sleep(200 * time.Millisecond)
+				}
+			}
+			waitFor("pod-c taken out after failing its check", func(r ProbeResult) bool { return r.Failed() == 0 && r.Replies["pod-c"] == 0 })
+			res := e.probe(&e.client.Namespace, ProbeSpec{Proto: TCP, Addr: vip, Count: spreadConns})
+			if res.Replies["pod-c"] != 0 {
+				e.t.Errorf("pod-c fails its health check but answered %d connections: %v", res.Replies["pod-c"], res)
+			}
+			e.requireAll("checked VIP while pod-c fails its check", res, spreadConns, e.a, e.b)
+			st, err := e.d.Status(e.ctx)
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			for _, s := range st.Services {
+				if s.Name != "checked" {
+					continue
+				}
+				for _, ep := range s.Ports[0].Endpoints {
+					if strings.HasPrefix(ep.Address, e.c.IP.String()+":") && (ep.Ready || ep.State == "active") {
+						e.t.Errorf("status must show pod-c not ready while it fails its check: %+v", ep)
+					}
+				}
+			}
+			// pod-c passes again: it is taken back.
+			if _, err := e.s.StartServer(e.ctx, e.c, ServeSpec{TCP: []uint16{9999}}); err != nil {
+				e.t.Fatal(err)
+			}
+			waitFor("pod-c back after passing its check", func(r ProbeResult) bool { return r.Failed() == 0 && r.Replies["pod-c"] > 0 })
+		}},
 	{name: "no endpoints is refused at once", run: func(e *env) {
 		// A timeout here would mean the packets are dropped instead of rejected. TCP is
 		// answered by a RST. UDP is answered by ICMP port unreachable, which the kernel rate
