@@ -471,6 +471,20 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 		w.s(" --dport ")
 		w.u(uint64(port))
 	}
+	// dispatchRule writes the SVCPROXY-SERVICES rule that sends pp's traffic to ip (what names
+	// the kind of address in the comment) to chain target.
+	dispatchRule := func(nat *tableText, pp *portPlan, ip netip.Addr, what, target string) {
+		w := nat.rule(ChainServices)
+		w.s(" -m comment --comment \"")
+		w.s(pp.label)
+		w.s(" ")
+		w.s(what)
+		w.s("\"")
+		match(w, pp, ip, pp.port.Port)
+		w.s(" -j ")
+		w.s(target)
+		w.s("\n")
+	}
 
 	next := &Written{services: make(map[model.ServiceKey][]string, len(st.Services)), orphans: map[string][]string{}}
 	plan := &Plan{Full: full}
@@ -501,14 +515,7 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 			// nat dispatch.
 			for _, ip := range pp.clusterIPs {
 				if pp.hasInternal {
-					w := nat.rule(ChainServices)
-					w.s(" -m comment --comment \"")
-					w.s(pp.label)
-					w.s(" cluster IP\"")
-					match(w, pp, ip, pp.port.Port)
-					w.s(" -j ")
-					w.s(pp.internalChain())
-					w.s("\n")
+					dispatchRule(&nat, pp, ip, "cluster IP", pp.internalChain())
 				} else {
 					w := filter.rule(ChainServices)
 					match(w, pp, ip, pp.port.Port)
@@ -517,14 +524,7 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 			}
 			for _, ip := range pp.externalIPs {
 				if pp.hasEndpoints {
-					w := nat.rule(ChainServices)
-					w.s(" -m comment --comment \"")
-					w.s(pp.label)
-					w.s(" external IP\"")
-					match(w, pp, ip, pp.port.Port)
-					w.s(" -j ")
-					w.s(pp.chain(kindExternal))
-					w.s("\n")
+					dispatchRule(&nat, pp, ip, "external IP", pp.chain(kindExternal))
 				}
 				if !pp.hasExternal {
 					w := filter.rule(ChainExternalServices)
@@ -534,14 +534,7 @@ func (pl *Planner) Plan(prev *Written, st *model.State, changes model.Changes, f
 			}
 			for _, ip := range pp.lbIPs {
 				if pp.hasEndpoints {
-					w := nat.rule(ChainServices)
-					w.s(" -m comment --comment \"")
-					w.s(pp.label)
-					w.s(" loadbalancer IP\"")
-					match(w, pp, ip, pp.port.Port)
-					w.s(" -j ")
-					w.s(pp.externalTarget())
-					w.s("\n")
+					dispatchRule(&nat, pp, ip, "loadbalancer IP", pp.externalTarget())
 				}
 				if !pp.hasExternal {
 					w := filter.rule(ChainExternalServices)
