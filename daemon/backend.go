@@ -42,12 +42,34 @@ func NewBackend(ctx context.Context, cfg *config.Config, log *slog.Logger) (prox
 		if err != nil {
 			return nil, "", fmt.Errorf("iptables backend: %w", err)
 		}
+		var backend proxy.Backend = b
+		if hasIPv6(cfg) {
+			// Dual stack: ip6tables programs the IPv6 VIPs and endpoints beside iptables.
+			b6, err := iptables.New(ctx, iptables.Options{Backend: cfg.IPTablesBackend, IPFamily: iptables.IPv6, Logger: log})
+			if err != nil {
+				return nil, "", fmt.Errorf("iptables backend (IPv6): %w", err)
+			}
+			backend = proxy.Multi{b, b6}
+			why += "; dual-stack: iptables and ip6tables"
+		}
 		enableBridgeNetfilter(log)
 		if err := ebpf.CleanupPinned(ctx, cfg.EBPFPinPath); err != nil {
 			log.Warn("removing what the ebpf backend left", "err", err)
 		}
-		return b, why, nil
+		return backend, why, nil
 	}
+}
+
+// hasIPv6 reports whether the config names an IPv6 service or pod range (dual-stack).
+func hasIPv6(cfg *config.Config) bool {
+	for _, ps := range [][]netip.Prefix{cfg.ServiceCIDRs, cfg.ClusterCIDRs, cfg.PodCIDRs} {
+		for _, p := range ps {
+			if p.Addr().Is6() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func newEBPF(cfg *config.Config, log *slog.Logger) (proxy.Backend, error) {
@@ -99,19 +121,24 @@ func enableBridgeNetfilter(log *slog.Logger) {
 
 func cleanupIPTables(ctx context.Context, cfg *config.Config, log *slog.Logger) []error {
 	var errs []error
-	for _, flavour := range []string{"nft", "legacy"} {
-		// Only a flavour that holds our chains is touched: driving the other one would create
-		// its (empty) tables.
-		out, err := exec.CommandContext(ctx, "iptables-"+flavour+"-save").Output()
-		if err != nil || !strings.Contains(string(out), ":SVCPROXY-") {
-			continue
-		}
-		b, err := iptables.New(ctx, iptables.Options{Backend: flavour, Logger: log})
-		if err != nil {
-			continue // that flavour is not installed: nothing of ours can be there
-		}
-		if err := b.Cleanup(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("iptables (%s): %w", flavour, err))
+	for _, fam := range []struct {
+		base   string
+		family iptables.Family
+	}{{"iptables", iptables.IPv4}, {"ip6tables", iptables.IPv6}} {
+		for _, flavour := range []string{"nft", "legacy"} {
+			// Only a flavour that holds our chains is touched: driving the other one would
+			// create its (empty) tables.
+			out, err := exec.CommandContext(ctx, fam.base+"-"+flavour+"-save").Output()
+			if err != nil || !strings.Contains(string(out), ":SVCPROXY-") {
+				continue
+			}
+			b, err := iptables.New(ctx, iptables.Options{Backend: flavour, IPFamily: fam.family, Logger: log})
+			if err != nil {
+				continue // that flavour is not installed: nothing of ours can be there
+			}
+			if err := b.Cleanup(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("%s (%s): %w", fam.base, flavour, err))
+			}
 		}
 	}
 	return errs
