@@ -23,7 +23,9 @@ import (
 func NewBackend(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxy.Backend, string, error) {
 	mode, why := cfg.Mode, "mode "+string(cfg.Mode)+" set in the config or on the command line"
 	if mode == config.ModeAuto {
-		if ok, reason := ebpf.Supported(); ok {
+		if hasIPv6(cfg) {
+			mode, why = config.ModeIPTables, "auto: the config is dual-stack and the eBPF data path is IPv4 only"
+		} else if ok, reason := ebpf.Supported(); ok {
 			mode, why = config.ModeEBPF, "auto: the kernel supports the eBPF data path ("+reason+")"
 		} else {
 			mode, why = config.ModeIPTables, "auto: eBPF data path unavailable: "+reason
@@ -31,6 +33,9 @@ func NewBackend(ctx context.Context, cfg *config.Config, log *slog.Logger) (prox
 	}
 	switch mode {
 	case config.ModeEBPF:
+		if hasIPv6(cfg) {
+			log.Warn("mode ebpf programs IPv4 only: the IPv6 VIPs of this dual-stack config are not served (mode auto or iptables serves both)")
+		}
 		b, err := newEBPF(cfg, log)
 		if err != nil {
 			return nil, "", err

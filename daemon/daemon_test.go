@@ -79,3 +79,17 @@ func TestSettingsNeedRestart(t *testing.T) {
 		t.Error("mode and bridge need a restart")
 	}
 }
+
+func TestHasIPv6(t *testing.T) {
+	v4, err := config.Parse("a.yaml", []byte("apiVersion: svcproxy.io/v1alpha1\nkind: ProxyConfig\nserviceCIDR: 10.96.0.0/16\nclusterCIDR: 10.244.0.0/16\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := config.Parse("b.yaml", []byte("apiVersion: svcproxy.io/v1alpha1\nkind: ProxyConfig\nserviceCIDRs: [10.96.0.0/16, \"fd00:96::/112\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hasIPv6(v4) || !hasIPv6(ds) {
+		t.Errorf("hasIPv6: v4 %v, dual-stack %v", hasIPv6(v4), hasIPv6(ds))
+	}
+}
