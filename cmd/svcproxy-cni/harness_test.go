@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"fmt"
 	"os"
 	"testing"
 
@@ -18,25 +16,7 @@ import (
 // binDir holds svcproxy-cni and cnitool, built once by TestMain when running as root.
 var binDir string
 
-func TestMain(m *testing.M) {
-	if os.Geteuid() == 0 {
-		dir, err := os.MkdirTemp("", "svcproxy-cni-bin-")
-		if err == nil {
-			err = cnitest.Build(context.Background(), dir)
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.RemoveAll(dir)
-			os.Exit(1)
-		}
-		binDir = dir
-	}
-	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(cnitest.RunWithBinaries(m, &binDir)) }
 
 // env is one test's world: a node with the network and a pod API server over MemIPAM.
 type env struct {

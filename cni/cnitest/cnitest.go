@@ -283,3 +283,23 @@ func TryPing(nsName string, dst netip.Addr) error {
 	}
 	return fmt.Errorf("no echo reply: %v", last)
 }
+
+// RunWithBinaries is a TestMain body: as root it builds svcproxy-cni and cnitool into a
+// temporary directory (Build) and stores its path in *binDir, then runs the tests and removes
+// the directory. It returns the exit code for os.Exit; a failed build exits 1 before any test.
+func RunWithBinaries(m *testing.M, binDir *string) int {
+	if os.Geteuid() == 0 {
+		dir, err := os.MkdirTemp("", "svcproxy-cni-bin-")
+		if err == nil {
+			err = Build(context.Background(), dir)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.RemoveAll(dir)
+			return 1
+		}
+		*binDir = dir
+		defer os.RemoveAll(dir)
+	}
+	return m.Run()
+}

@@ -1,7 +1,6 @@
 package cnitest_test
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -22,25 +21,7 @@ import (
 
 var binDir string
 
-func TestMain(m *testing.M) {
-	if os.Geteuid() == 0 {
-		dir, err := os.MkdirTemp("", "svcproxy-cni-bin-")
-		if err == nil {
-			err = cnitest.Build(context.Background(), dir)
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.RemoveAll(dir)
-			os.Exit(1)
-		}
-		binDir = dir
-	}
-	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(cnitest.RunWithBinaries(m, &binDir)) }
 
 // daemon is the pod API over the real persistent ipam store, as the daemon wires it.
 type daemon struct {
