@@ -509,6 +509,25 @@ int svc_tc_ingress(struct __sk_buff *skb)
 	return nat_out(skb, &p, snat, nat_saddr, nat_sport, r.be_addr, r.be_port);
 }
 
+/* reply_ct parses the packet into p and returns its conntrack entry when it is the reply side
+ * of a translated flow, else NULL. */
+static __always_inline struct ct_value *reply_ct(struct __sk_buff *skb, struct pkt *p)
+{
+	if (parse(skb, p) < 0)
+		return NULL;
+	struct ct_key ck = {
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+	};
+	struct ct_value *ct = bpf_map_lookup_elem(&svc_ct, &ck);
+	if (!ct || ct->kind != CT_REPLY)
+		return NULL;
+	return ct;
+}
+
 /* svc_tc_pod_ingress runs on the interfaces toward local pods (the pod bridge). A local
  * backend answering a masqueraded flow sends its reply to the node address; here it is given
  * back its frontend as source and the client as destination, and routed out to the client.
@@ -518,19 +537,9 @@ SEC("tc")
 int svc_tc_pod_ingress(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	struct ct_value *ct;
+	struct ct_value *ct = reply_ct(skb, &p);
 
-	if (parse(skb, &p) < 0)
-		return TC_ACT_UNSPEC;
-	struct ct_key ck = {
-		.saddr = p.saddr,
-		.daddr = p.daddr,
-		.sport = p.sport,
-		.dport = p.dport,
-		.proto = p.proto,
-	};
-	ct = bpf_map_lookup_elem(&svc_ct, &ck);
-	if (!ct || ct->kind != CT_REPLY || !ct->snat)
+	if (!ct || !ct->snat)
 		return TC_ACT_UNSPEC;
 	ct->last_ns = bpf_ktime_get_ns();
 	return nat_out(skb, &p, 1, ct->nat_saddr, ct->nat_sport, ct->nat_daddr, ct->nat_dport);
@@ -540,19 +549,9 @@ SEC("tc")
 int svc_tc_egress(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	struct ct_value *ct;
+	struct ct_value *ct = reply_ct(skb, &p);
 
-	if (parse(skb, &p) < 0)
-		return TC_ACT_UNSPEC;
-	struct ct_key ck = {
-		.saddr = p.saddr,
-		.daddr = p.daddr,
-		.sport = p.sport,
-		.dport = p.dport,
-		.proto = p.proto,
-	};
-	ct = bpf_map_lookup_elem(&svc_ct, &ck);
-	if (!ct || ct->kind != CT_REPLY || ct->snat)
+	if (!ct || ct->snat)
 		return TC_ACT_UNSPEC;
 	ct->last_ns = bpf_ktime_get_ns();
 	/* Reply of a local backend to an outside client: restore the frontend as source. */
