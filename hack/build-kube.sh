@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # build-kube.sh builds the upstream peers the e2e tests and benchmarks run against:
-# kube-apiserver and kube-proxy, from the k8s.io/kubernetes module pinned in
+# kube-apiserver and kube-proxy, and for the real-node bench (make e2e-node)
+# kube-controller-manager, kube-scheduler, kubelet and kubectl, from the k8s.io/kubernetes module pinned in
 # test/e2e/tools/go.mod (a module of its own, so the daemon's go.mod never sees
 # k8s.io/kubernetes). Every k8s.io staging module is replaced there by its v0.<minor>.<patch>
 # release, which is what makes k8s.io/kubernetes buildable as a dependency.
 #
-# Output: $KUBE_CACHE_DIR (default .cache/kube/<version>/) holding kube-apiserver and
-# kube-proxy. A cache dir whose binaries exist and whose stamp matches is reused as is,
+# Output: $KUBE_CACHE_DIR (default .cache/kube/<version>/) holding the six binaries. A cache dir whose binaries exist and whose stamp matches is reused as is,
 # so running this again costs nothing. Prints the cache dir on stdout as its last line.
 #
 # Usage: hack/build-kube.sh [--force]
@@ -24,7 +24,7 @@ if [[ "${1:-}" == "--force" ]]; then force=1; fi
 version=$(cd "$tools" && "$GO" list -m -f '{{.Version}}' k8s.io/kubernetes)
 out=${KUBE_CACHE_DIR:-"$root/.cache/kube/$version"}
 stamp="$out/.stamp"
-bins=(kube-apiserver kube-proxy)
+bins=(kube-apiserver kube-controller-manager kube-proxy kube-scheduler kubectl kubelet)
 
 have_all() {
 	[[ -f "$stamp" && "$(cat "$stamp")" == "$version" ]] || return 1
@@ -49,13 +49,16 @@ for p in "${pkgs[@]}"; do
 	ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
 done
 
-for b in "${bins[@]}"; do
-	start=$(date +%s)
-	echo "build-kube: building $b $version into $out" >&2
-	(cd "$tools" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "$ldflags" \
-		-o "$out/.$b.tmp" "k8s.io/kubernetes/cmd/$b")
-	mv -f "$out/.$b.tmp" "$out/$b"
-	echo "build-kube: $b built in $(($(date +%s) - start))s" >&2
-done
+# One `go build` for all of them: the packages they share compile once.
+start=$(date +%s)
+tmp="$out/.build.tmp"
+rm -rf "$tmp" && mkdir -p "$tmp"
+pkgpaths=()
+for b in "${bins[@]}"; do pkgpaths+=("k8s.io/kubernetes/cmd/$b"); done
+echo "build-kube: building ${bins[*]} $version into $out" >&2
+(cd "$tools" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgpaths[@]}")
+for b in "${bins[@]}"; do mv -f "$tmp/$b" "$out/$b"; done
+rmdir "$tmp"
+echo "build-kube: built in $(($(date +%s) - start))s" >&2
 echo "$version" >"$stamp"
 echo "$out"
