@@ -45,6 +45,15 @@ type Options struct {
 	KubeBinDir string
 	// ExtraAPIServerArgs are appended to kube-apiserver's command line.
 	ExtraAPIServerArgs []string
+	// WithKubelets configures kube-apiserver for real kubelets and controllers (the
+	// real-node bench): Node+RBAC authorization, the ServiceAccount admission plugin (pods
+	// get tokens from kube-controller-manager's token controller), the lease endpoint
+	// reconciler (the "kubernetes" Service gets ControlPlaneIP as its endpoint) and kubelet
+	// connections by InternalIP.
+	WithKubelets bool
+	// Tokens are further static tokens, one "token,user,uid,\"group1,group2\"" line each
+	// (for kubelets: user system:node:NAME in group system:nodes).
+	Tokens []string
 }
 
 // Cluster is a control plane (etcd + kube-apiserver) running in a network namespace of its
@@ -66,10 +75,11 @@ type Cluster struct {
 	Config *rest.Config
 	Client kubernetes.Interface
 
-	t         testing.TB
-	binDir    string
-	pki       *pki
-	extraArgs []string
+	t            testing.TB
+	binDir       string
+	pki          *pki
+	extraArgs    []string
+	withKubelets bool
 
 	mu        sync.Mutex
 	apiserver *Process
@@ -116,7 +126,7 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 	}); err != nil {
 		t.Fatalf("harness: underlay bridge in %s: %v", cp.Name, err)
 	}
-	p, err := newPKI(dir, []net.IP{net.ParseIP(ControlPlaneIP), net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")})
+	p, err := newPKI(dir, []net.IP{net.ParseIP(ControlPlaneIP), net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")}, opts.Tokens)
 	if err != nil {
 		t.Fatalf("harness: generating keys: %v", err)
 	}
@@ -131,6 +141,7 @@ func StartCluster(t testing.TB, opts Options) *Cluster {
 		binDir:       binDir,
 		pki:          p,
 		extraArgs:    opts.ExtraAPIServerArgs,
+		withKubelets: opts.WithKubelets,
 		nextHost:     2,
 	}
 	if err := c.WriteKubeconfig(c.Kubeconfig, "admin", c.AdminToken); err != nil {
@@ -182,23 +193,41 @@ func (c *Cluster) APIServerArgs() []string {
 		"--tls-cert-file=" + c.pki.ServingCert,
 		"--tls-private-key-file=" + c.pki.ServingKey,
 		"--token-auth-file=" + c.pki.TokenFile,
-		"--authorization-mode=RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + c.pki.SAPub,
 		"--service-account-signing-key-file=" + c.pki.SAKey,
 		"--service-cluster-ip-range=" + ServiceCIDR,
-		// On loopback-like setups the lease-based reconciler would publish an endpoint for
-		// the "kubernetes" service that nothing routes to; tests do not need it.
-		"--endpoint-reconciler-type=none",
-		// No controller-manager runs, so no "default" ServiceAccount is ever created: let pods
-		// be admitted without one.
-		"--disable-admission-plugins=ServiceAccount",
 		"--allow-privileged=true",
 		"--profiling=false",
 		"--v=1",
 	}
+	if c.withKubelets {
+		args = append(args,
+			"--authorization-mode=Node,RBAC",
+			"--endpoint-reconciler-type=lease",
+			"--kubelet-preferred-address-types=InternalIP",
+		)
+	} else {
+		args = append(args,
+			"--authorization-mode=RBAC",
+			// On loopback-like setups the lease-based reconciler would publish an endpoint for
+			// the "kubernetes" service that nothing routes to; tests do not need it.
+			"--endpoint-reconciler-type=none",
+			// No controller-manager runs, so no "default" ServiceAccount is ever created: let
+			// pods be admitted without one.
+			"--disable-admission-plugins=ServiceAccount",
+		)
+	}
 	return append(args, c.extraArgs...)
 }
+
+// CAPath is the CA certificate that signed kube-apiserver's serving certificate (for
+// kube-controller-manager's --root-ca-file, which becomes every pod's ca.crt).
+func (c *Cluster) CAPath() string { return filepath.Join(c.Dir, "ca.crt") }
+
+// ServiceAccountKeyPath is the private key service-account tokens are signed with (for
+// kube-controller-manager's --service-account-private-key-file).
+func (c *Cluster) ServiceAccountKeyPath() string { return c.pki.SAKey }
 
 // StartAPIServer starts kube-apiserver (again, after StopAPIServer) without waiting for it.
 func (c *Cluster) StartAPIServer() *Process {

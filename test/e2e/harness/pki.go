@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -27,8 +28,9 @@ type pki struct {
 }
 
 // newPKI writes a CA, a serving certificate for the given IPs, a service-account key pair and a
-// static token file (one admin token in group system:masters) into dir.
-func newPKI(dir string, ips []net.IP) (*pki, error) {
+// static token file (one admin token in group system:masters, then the extra token lines) into
+// dir.
+func newPKI(dir string, ips []net.IP, extraTokens []string) (*pki, error) {
 	now := time.Now()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -102,7 +104,7 @@ func newPKI(dir string, ips []net.IP) (*pki, error) {
 		p.SAPub:                      pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPub}),
 		p.SAKey:                      pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)}),
 		// token,user,uid,"groups"
-		p.TokenFile: []byte(fmt.Sprintf("%s,admin,admin,\"system:masters\"\n", p.AdminToken)),
+		p.TokenFile: []byte(fmt.Sprintf("%s,admin,admin,\"system:masters\"\n", p.AdminToken) + strings.Join(append(extraTokens, ""), "\n")),
 	}
 	for path, data := range files {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
