@@ -2,7 +2,7 @@
 # Installs what svcproxy's build, tests and demo need on a Debian machine (run as root).
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
-pkgs=(iptables iproute2 conntrack nftables curl ca-certificates kmod clang llvm libbpf-dev bpftool etcd-server git make debootstrap)
+pkgs=(iptables iproute2 conntrack nftables curl ca-certificates kmod clang llvm libbpf-dev bpftool etcd-server git make debootstrap containerd runc containernetworking-plugins)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
