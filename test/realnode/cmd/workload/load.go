@@ -556,8 +556,12 @@ func splitReply(s string) (name, payload string) {
 	return s[:i], s[i+1:]
 }
 
-// runUDP sends from one connected socket for the whole run, which is the point: a connected
-// UDP socket keeps its 5-tuple, so it shows whether the proxy moves it off a deleted backend.
+// runUDP sends from one connected socket, which is the point: a connected UDP socket keeps
+// its 5-tuple, so it shows whether the proxy moves it off a deleted backend. A socket the
+// kernel aborted (ECONNABORTED: a proxy destroyed it, as svcproxy's eBPF backend does when
+// its backend goes away; the socket is then disconnected, so a write fails with
+// EDESTADDRREQ) is replaced by a new connected socket, as a DNS client does; that counts as
+// a reconnect and the datagrams outstanding on it as failed.
 func (r *run) runUDP() {
 	timeout := time.Duration(r.spec.Timeout)
 	raddr, err := net.ResolveUDPAddr("udp", r.spec.Target)
@@ -570,7 +574,6 @@ func (r *run) runUDP() {
 		r.setError(err)
 		return
 	}
-	defer c.Close()
 
 	type sent struct {
 		seq   uint64
@@ -579,6 +582,7 @@ func (r *run) runUDP() {
 	var mu sync.Mutex
 	pending := map[uint64]time.Time{} // sent and not answered yet
 	var queue []sent                  // the same, oldest first (entries answered since stay until expire)
+	aborted := false                  // the current socket was aborted: replace it
 	failAll := func(err error) {
 		for seq, start := range pending {
 			delete(pending, seq)
@@ -597,9 +601,9 @@ func (r *run) runUDP() {
 		}
 	}
 
-	readerDone := make(chan struct{})
-	go func() {
-		defer close(readerDone)
+	var readers sync.WaitGroup
+	read := func(c *net.UDPConn) {
+		defer readers.Done()
 		buf := make([]byte, 64<<10)
 		for {
 			n, err := c.Read(buf)
@@ -611,6 +615,11 @@ func (r *run) runUDP() {
 				// outstanding; which one cannot be told, and the others went the same way.
 				mu.Lock()
 				failAll(err)
+				if socketAborted(err) {
+					aborted = true
+					mu.Unlock()
+					return
+				}
 				mu.Unlock()
 				time.Sleep(time.Millisecond) // in case the error repeats without blocking
 				continue
@@ -628,14 +637,30 @@ func (r *run) runUDP() {
 				r.succeeded(start, name)
 			}
 		}
-	}()
+	}
+	readers.Add(1)
+	go read(c)
 
 	next := time.Now()
 	var seq uint64
 	for r.pace(next) {
 		mu.Lock()
 		expire(time.Now())
+		redial := aborted
+		aborted = false
 		mu.Unlock()
+		if redial {
+			c.Close()
+			nc, err := net.DialUDP("udp", nil, raddr)
+			if err != nil {
+				r.setError(fmt.Errorf("udp: replacing the aborted socket: %w", err))
+				break
+			}
+			c = nc
+			r.reconnected()
+			readers.Add(1)
+			go read(c)
+		}
 		if !r.begin() {
 			break
 		}
@@ -650,6 +675,9 @@ func (r *run) runUDP() {
 			// A pending ICMP error surfaces here as well (and this datagram is not sent).
 			mu.Lock()
 			failAll(err)
+			if socketAborted(err) {
+				aborted = true
+			}
 			mu.Unlock()
 		}
 	}
@@ -665,7 +693,13 @@ func (r *run) runUDP() {
 		time.Sleep(min(time.Duration(r.spec.Interval), 5*time.Millisecond))
 	}
 	c.Close()
-	<-readerDone
+	readers.Wait()
+}
+
+// socketAborted tells whether err means the kernel aborted the socket (bpf_sock_destroy or
+// ss -K): it is disconnected and must be replaced.
+func socketAborted(err error) bool {
+	return errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EDESTADDRREQ)
 }
 
 // classify sorts a failure into refused, timeout, reset, unreachable or other.

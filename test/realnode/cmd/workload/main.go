@@ -52,6 +52,8 @@
 //   - udp: ONE connected UDP socket (net.DialUDP) for the whole run, one datagram per interval,
 //     each waiting --timeout for its answer (several may be outstanding). An ICMP error reported
 //     on the socket (refused, unreachable) fails every datagram outstanding at that moment.
+//     A socket the kernel aborted (ECONNABORTED, EDESTADDRREQ: destroyed by a proxy whose
+//     backend went away) is replaced by a new connected socket, counted as a reconnect.
 //
 // Each worker or stream starts a request every interval, or as soon as the previous one ended
 // if that took longer. Failures are sorted into refused (ECONNREFUSED, including ICMP port
