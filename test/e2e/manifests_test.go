@@ -175,6 +175,32 @@ func TestManifestsParse(t *testing.T) {
 		t.Fatalf("want 1 container and 1 init container, got %d and %d", len(spec.Containers), len(spec.InitContainers))
 	}
 	c := spec.Containers[0]
+	// Connected UDP sockets in pods are destroyed inside the pods' network namespaces, found
+	// through /proc/PID/ns/net: the host's PIDs are needed (found on the real-node bench).
+	if !spec.HostPID {
+		t.Error("DaemonSet without hostPID: the eBPF backend cannot reach pods' sockets")
+	}
+	// The API server's address must come from the svcproxy-apiserver ConfigMap, never silently
+	// fall back to the kubernetes Service VIP that svcproxy itself programs (after a node
+	// reboot nothing would answer there).
+	for _, key := range []string{"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"} {
+		found := false
+		for _, e := range c.Env {
+			if e.Name != key {
+				continue
+			}
+			found = true
+			ref := e.ValueFrom
+			if ref == nil || ref.ConfigMapKeyRef == nil || ref.ConfigMapKeyRef.Name != "svcproxy-apiserver" {
+				t.Errorf("%s does not come from ConfigMap svcproxy-apiserver", key)
+			} else if o := ref.ConfigMapKeyRef.Optional; o != nil && *o {
+				t.Errorf("%s: ConfigMap svcproxy-apiserver is optional: without it the pod would use the VIP it programs", key)
+			}
+		}
+		if !found {
+			t.Errorf("svcproxy container does not set %s", key)
+		}
+	}
 	sc := c.SecurityContext
 	if sc == nil || sc.Capabilities == nil {
 		t.Fatal("svcproxy container has no securityContext.capabilities")
