@@ -246,7 +246,6 @@ func TestManifestsParse(t *testing.T) {
 		"/sys/fs/bpf":               false,
 		cfg.StateDir:                false,
 		filepath.Dir(cfg.APISocket): false,
-		"/lib/modules":              true,
 		"/sys/fs/cgroup":            true,
 	} {
 		m, ok := main[hp]
