@@ -213,7 +213,7 @@ func TestManifestsParse(t *testing.T) {
 		caps = append(caps, string(c))
 	}
 	sort.Strings(caps)
-	if want := []string{"NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_RESOURCE"}; !slices.Equal(caps, want) {
+	if want := []string{"NET_ADMIN", "NET_RAW", "SYS_ADMIN"}; !slices.Equal(caps, want) {
 		t.Errorf("capabilities %v, want %v", caps, want)
 	}
 	if !slices.Contains(sc.Capabilities.Drop, "ALL") {
