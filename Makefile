@@ -7,7 +7,7 @@ LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 BIN      := $(CURDIR)/bin
 PKGS     := ./...
 
-.PHONY: all build test test-unit test-root demo bench bench-full generate generate-check lint clean deps kube
+.PHONY: all build test test-unit test-root demo bench bench-full generate generate-check lint clean deps kube image
 
 all: build
 
@@ -21,6 +21,11 @@ deps:
 # kube-apiserver and kube-proxy v1.37.2 for the cluster e2e tests and benchmarks (cached).
 kube:
 	bash hack/build-kube.sh
+
+# The OCI image tars the real-kubelet bench imports (.cache/images/{svcproxy,pause,workload}.tar),
+# built offline: the Dockerfile's image on a debootstrap'ed Debian base (cached), no registry.
+image: deps
+	VERSION=$(VERSION) COMMIT=$(COMMIT) bash hack/build-image.sh
 
 # The whole suite: unit tests, BPF tests, netns integration and cluster e2e (needs root).
 test: deps build kube
