@@ -7,7 +7,7 @@ LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 BIN      := $(CURDIR)/bin
 PKGS     := ./...
 
-.PHONY: all build test test-unit test-root demo bench bench-full generate generate-check lint clean deps kube image
+.PHONY: all build test test-unit test-root demo bench bench-full generate generate-check lint clean deps kube image e2e-node
 
 all: build
 
@@ -18,7 +18,8 @@ build:
 deps:
 	bash hack/install-deps.sh
 
-# kube-apiserver and kube-proxy v1.37.2 for the cluster e2e tests and benchmarks (cached).
+# kube-apiserver, kube-proxy, kube-controller-manager, kube-scheduler, kubelet and kubectl
+# v1.37.2 for the cluster e2e tests, the real-node bench and benchmarks (cached).
 kube:
 	bash hack/build-kube.sh
 
@@ -27,7 +28,13 @@ kube:
 image: deps
 	VERSION=$(VERSION) COMMIT=$(COMMIT) bash hack/build-image.sh
 
-# The whole suite: unit tests, BPF tests, netns integration and cluster e2e (needs root).
+# The real-node bench: two kubelet nodes, the shipped DaemonSet applied with kubectl, every
+# scenario on iptables and eBPF; prints requests sent and failed per scenario (needs root).
+e2e-node: deps build kube image
+	bash hack/e2e-node.sh
+
+# The whole suite: unit tests, BPF tests, netns integration, cluster e2e and the real-node
+# bench (needs root).
 test: deps build kube
 	bash hack/test.sh
 
