@@ -63,7 +63,7 @@ func TestRealNode(t *testing.T) {
 		} else {
 			s.switchMode(mode)
 		}
-		s.report.Finish(mode, "deploy", time.Since(start), s.checkDaemons())
+		s.report.Finish(mode, "deploy", time.Since(start), s.checkDaemons("deploy"))
 		s.scenario("spread", s.spread)
 		s.scenario("hostPort", s.hostPort)
 		s.scenario("scale 3->6->1", s.scale)
@@ -269,7 +269,7 @@ func (s *suite) status(n *Node) (*api.Status, error) {
 
 // checkDaemons checks every node's daemon runs the mode asked for, from the Kubernetes source,
 // with a healthy last sync.
-func (s *suite) checkDaemons() error {
+func (s *suite) checkDaemons(scenario string) error {
 	var errs []string
 	for _, n := range s.b.Nodes {
 		var st *api.Status
@@ -291,7 +291,7 @@ func (s *suite) checkDaemons() error {
 			time.Sleep(time.Second)
 		}
 		if st != nil {
-			s.report.Note(s.mode, "deploy", "%s: mode %s, source %s, %d services", n.Name, st.Mode, st.Source, len(st.Services))
+			s.report.Note(s.mode, scenario, "%s: mode %s, source %s, %d services, last sync %s", n.Name, st.Mode, st.Source, len(st.Services), st.LastSyncDuration)
 		}
 	}
 	if len(errs) > 0 {
@@ -569,7 +569,7 @@ func (s *suite) daemonSetRoll(mode, name string) error {
 	if err := s.record(name, l, true); err != nil {
 		return err
 	}
-	return s.checkDaemons()
+	return s.checkDaemons(name)
 }
 
 // udpBackendDeleted: a client pod holds one connected UDP socket to the Service; the backend
@@ -737,6 +737,11 @@ func (s *suite) reboot(mode, name string) error {
 	acancel()
 	s.b.WaitNodesReady(3 * time.Minute)
 	s.b.WaitDaemonSet(4 * time.Minute)
+	// The API still shows the pods of the node as they were before the reboot (Ready, old
+	// IPs) until its kubelet has started them again: wait for that first.
+	if err := s.waitPodsStartedSince(n, start, 3*time.Minute); err != nil {
+		return err
+	}
 	s.waitWeb(3)
 	s.refreshClients()
 	back := time.Since(start)
@@ -757,6 +762,40 @@ func (s *suite) reboot(mode, name string) error {
 	s.report.Note(mode, name, "%s back (node Ready, svcproxy and web Ready) %s after the kill; pod IPs before %d, after %d, no duplicates",
 		n.Name, back.Round(time.Second), len(before), len(after))
 	return s.spread(mode, name)
+}
+
+// waitPodsStartedSince waits until every pod bound to node n has all its containers running,
+// started after since, and is Ready.
+func (s *suite) waitPodsStartedSince(n *Node, since time.Time, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		l, err := s.b.Cluster.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.Name})
+		cancel()
+		var waiting []string
+		if err != nil {
+			waiting = append(waiting, err.Error())
+		} else {
+			for _, p := range l.Items {
+				ok := podReady(&p) && len(p.Status.ContainerStatuses) > 0
+				for _, c := range p.Status.ContainerStatuses {
+					if c.State.Running == nil || c.State.Running.StartedAt.Time.Before(since.Truncate(time.Second)) {
+						ok = false
+					}
+				}
+				if !ok {
+					waiting = append(waiting, p.Namespace+"/"+p.Name)
+				}
+			}
+		}
+		if len(waiting) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pods of %s not restarted and Ready %s after its reboot: %v", n.Name, timeout, waiting)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 // podIPs maps pod IP -> pods holding it (pods on the pod network only).
