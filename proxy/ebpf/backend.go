@@ -87,12 +87,14 @@ type Backend struct {
 	ifaces     []ifaceInfo
 	// podIfaces are the PodInterfaces attached so far (by name).
 	podIfaces map[string]bool
-	ids       *ids
-	written   *Entries
-	desired   *desired
-	addrs     []netip.Addr
-	synced    bool
-	closed    bool
+	// podIfaceMissingLogged are the PodInterfaces whose absence was logged (once each).
+	podIfaceMissingLogged map[string]bool
+	ids                   *ids
+	written               *Entries
+	desired               *desired
+	addrs                 []netip.Addr
+	synced                bool
+	closed                bool
 }
 
 // programs are the programs the data path runs (svcbpf.SvcPrograms without the test entry).
@@ -160,7 +162,7 @@ func New(opts Options) (*Backend, error) {
 	if ok, err := isFS(opts.PinPath, unix.BPF_FS_MAGIC); err != nil || !ok {
 		return nil, fmt.Errorf("ebpf backend: pin path %s is not on a bpffs (mount one, see EnsureBPFFS): %v", opts.PinPath, err)
 	}
-	b := &Backend{opts: opts, log: log, links: map[string]link.Link{}, podIfaces: map[string]bool{}}
+	b := &Backend{opts: opts, log: log, links: map[string]link.Link{}, podIfaces: map[string]bool{}, podIfaceMissingLogged: map[string]bool{}}
 	spec, err := loadSpec(opts.MapSizes, opts.withTestProgram)
 	if err != nil {
 		return nil, err
@@ -318,16 +320,23 @@ func (b *Backend) attach() error {
 }
 
 // attachPod attaches svc_tc_pod_ingress to the pod interface name (or re-targets the link
-// an earlier run pinned). A missing interface is not an error: it is logged and tried again
-// at the next full sync.
+// an earlier run pinned). A missing interface is not an error: it is logged once and tried
+// again at every sync until it appears (attachPendingPods).
 func (b *Backend) attachPod(name string) error {
 	if b.podIfaces[name] {
 		return nil
 	}
 	ifc, err := net.InterfaceByName(name)
 	if err != nil {
-		b.log.Warn("ebpf: pod interface not found yet; replies of masqueraded flows to local backends need it, will retry at the next full sync", "interface", name, "err", err)
+		if !b.podIfaceMissingLogged[name] {
+			b.log.Warn("ebpf: pod interface not found yet; replies of masqueraded flows to local backends need it: attached as soon as it appears", "interface", name, "err", err)
+			b.podIfaceMissingLogged[name] = true
+		}
 		return nil
+	}
+	if b.podIfaceMissingLogged[name] {
+		b.log.Info("ebpf: pod interface appeared", "interface", name)
+		delete(b.podIfaceMissingLogged, name)
 	}
 	pin := linkTCXPod + name
 	l, err := b.reuseLink(pin, b.objs.SvcTcPodIngress, func(li *link.Info) bool {
@@ -350,6 +359,56 @@ func (b *Backend) attachPod(name string) error {
 	b.links[pin] = l
 	b.podIfaces[name] = true
 	return nil
+}
+
+// attachPendingPods attaches the pod interfaces not attached yet that exist now, and
+// re-attaches those whose link lost its interface (the bridge was deleted and made again).
+func (b *Backend) attachPendingPods() error {
+	for _, name := range b.opts.PodInterfaces {
+		if b.podIfaces[name] && !b.podLinkDetached(name) {
+			continue
+		}
+		if b.podIfaces[name] {
+			b.log.Info("ebpf: pod interface link detached, attaching again", "interface", name)
+			if l := b.links[linkTCXPod+name]; l != nil {
+				_ = l.Unpin()
+				l.Close()
+				delete(b.links, linkTCXPod+name)
+			}
+			delete(b.podIfaces, name)
+		}
+		if err := b.attachPod(name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// podLinkDetached reports whether the pod link of name is attached to no interface any more.
+func (b *Backend) podLinkDetached(name string) bool {
+	l := b.links[linkTCXPod+name]
+	if l == nil {
+		return false
+	}
+	li, err := l.Info()
+	if err != nil {
+		return false
+	}
+	t := li.TCX()
+	return t != nil && t.Ifindex == 0
+}
+
+// podIfacePending reports whether a pod interface not attached yet exists now.
+func (b *Backend) podIfacePending() bool {
+	for _, name := range b.opts.PodInterfaces {
+		if b.podIfaces[name] {
+			continue
+		}
+		if _, err := net.InterfaceByName(name); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // pendingPodLink reports whether pin names the pod link of a configured pod interface that
@@ -439,6 +498,14 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 	var ar applyResult
 	var err error
 	var svcs []model.ServiceKey
+	if !full {
+		// The pod bridge appears with the first pod svcproxy-cni wires, usually after the
+		// daemon started; its first endpoints bring a sync, and the program goes on at once
+		// rather than at the next full sync (masqueraded flows to local backends need it).
+		if err := b.attachPendingPods(); err != nil {
+			return res, err
+		}
+	}
 	if full {
 		if err := b.refreshNode(st); err != nil {
 			return res, err
@@ -529,10 +596,8 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 // refreshNode re-reads node addresses and the SNAT address of each interface, writes the
 // cluster's pod ranges, and attaches pod interfaces that were missing so far.
 func (b *Backend) refreshNode(st *model.State) error {
-	for _, name := range b.opts.PodInterfaces {
-		if err := b.attachPod(name); err != nil {
-			return err
-		}
+	if err := b.attachPendingPods(); err != nil {
+		return err
 	}
 	if err := b.writeClusterCIDRs(st.ClusterCIDRs); err != nil {
 		return err
@@ -669,6 +734,10 @@ func (b *Backend) Verify(ctx context.Context) (bool, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
+		return false, nil
+	}
+	if b.podIfacePending() {
+		b.log.Info("ebpf: a pod interface appeared: full sync to attach it")
 		return false, nil
 	}
 	for name, l := range b.links {

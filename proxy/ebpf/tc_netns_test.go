@@ -171,8 +171,11 @@ func TestTCRealKernel(t *testing.T) {
 }
 
 // TestPodInterfaceAttachedLater: the pod bridge may not exist when the daemon starts (the CNI
-// plugin makes it with the first pod). New then succeeds, and a later full sync attaches the
-// pod program to it; a restarted backend reuses that pinned link.
+// plugin makes it with the first pod). New then succeeds; once the bridge appears, Verify
+// reports it (forcing a full sync) and the very next sync, partial or full, attaches the pod
+// program to it (on the real-node bench, NodePort traffic to local backends failed until the
+// next full sync did); a bridge deleted and made again is attached again; a restarted
+// backend reuses the pinned link.
 func TestPodInterfaceAttachedLater(t *testing.T) {
 	requireRoot(t)
 	ns := netnsAdd(t, "svcb-")
@@ -186,15 +189,56 @@ func TestPodInterfaceAttachedLater(t *testing.T) {
 	if _, ok := b.links[linkTCXPod+br]; ok {
 		t.Fatal("a link for a missing interface")
 	}
-	run(t, "ip", "-n", ns, "link", "add", br, "type", "bridge")
 	st := testState(webService())
 	inNetns(t, ns, func() { _, err = b.Sync(context.Background(), st, model.Diff(nil, st), true) })
 	if err != nil {
-		t.Fatalf("Sync: %v", err)
+		t.Fatalf("first Sync: %v", err)
 	}
+	verify := func() (ok bool) {
+		inNetns(t, ns, func() { ok, err = b.Verify(context.Background()) })
+		if err != nil {
+			t.Fatalf("Verify: %v", err)
+		}
+		return ok
+	}
+	if !verify() {
+		t.Fatal("Verify failed before the pod interface exists")
+	}
+	run(t, "ip", "-n", ns, "link", "add", br, "type", "bridge")
+	if verify() {
+		t.Fatal("Verify does not report the pod interface that appeared")
+	}
+	partial := func() {
+		other := webService()
+		other.Key.Name = "other"
+		other.ClusterIPs = []netip.Addr{netip.MustParseAddr("10.96.0.11")}
+		st2 := testState(webService(), other)
+		inNetns(t, ns, func() { _, err = b.Sync(context.Background(), st2, model.Diff(st, st2), false) })
+		if err != nil {
+			t.Fatalf("partial Sync: %v", err)
+		}
+		st = st2
+	}
+	partial()
 	l, ok := b.links[linkTCXPod+br]
 	if !ok {
-		t.Fatal("full sync did not attach the pod interface that appeared")
+		t.Fatal("a partial sync did not attach the pod interface that appeared")
+	}
+	if !verify() {
+		t.Fatal("Verify failed once the pod interface is attached")
+	}
+	// The bridge deleted and made again (a node reboot): attached again.
+	run(t, "ip", "-n", ns, "link", "del", br)
+	run(t, "ip", "-n", ns, "link", "add", br, "type", "bridge")
+	if verify() {
+		t.Fatal("Verify does not report the pod link detached from its deleted bridge")
+	}
+	inNetns(t, ns, func() { _, err = b.Sync(context.Background(), st, model.Changes{}, true) })
+	if err != nil {
+		t.Fatalf("full Sync: %v", err)
+	}
+	if l, ok = b.links[linkTCXPod+br]; !ok {
+		t.Fatal("no pod link after the bridge came back")
 	}
 	info, err := l.Info()
 	if err != nil {
