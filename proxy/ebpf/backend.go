@@ -57,6 +57,9 @@ type Options struct {
 	// out to the client. An interface missing at New (the bridge is made with the first
 	// pod) is attached at a later full sync.
 	PodInterfaces []string
+	// NetnsDirs are where pods' network namespaces are bound (connected UDP sockets to a
+	// removed backend are destroyed in each); nil means DefaultNetnsDirs.
+	NetnsDirs []string
 	// MapSizes overrides map capacities. Changing a size of a pinned map needs a Cleanup.
 	MapSizes MapSizes
 	// PinPath is a directory on a bpffs where maps and links are pinned, so the data path

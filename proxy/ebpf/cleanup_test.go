@@ -8,9 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/svcproxy/svcproxy/proxy/model"
 )
@@ -172,5 +175,42 @@ func TestVerifyDetectsTampering(t *testing.T) {
 	}
 	if err := b2.Cleanup(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestNetnsPathsFindsBoundNamespaces: a pod's network namespace bound under a runtime's netns
+// directory is found even when no process this daemon can open lives in it (in a DaemonSet
+// without the host's PIDs, or without CAP_SYS_PTRACE, /proc/PID/ns/net of pod processes cannot
+// be opened: connected UDP sockets in pods were never destroyed on the real-node bench); files
+// there that are not namespaces are skipped, and each namespace is listed once.
+func TestNetnsPathsFindsBoundNamespaces(t *testing.T) {
+	requireRoot(t)
+	ns := netnsAdd(t, "svcb-")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "not-a-netns"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := netnsPaths([]string{"/run/netns", dir, "/no/such/dir"})
+	if got[0] != "/proc/self/ns/net" {
+		t.Errorf("own namespace not first: %v", got)
+	}
+	if !slices.Contains(got, "/run/netns/"+ns) {
+		t.Errorf("%s (bound, no process in it) missing from %v", ns, got)
+	}
+	for _, p := range got {
+		if strings.HasPrefix(p, dir) {
+			t.Errorf("a file that is not a namespace was listed: %s", p)
+		}
+	}
+	inos := map[uint64]string{}
+	for _, p := range got {
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			continue
+		}
+		if prev, dup := inos[st.Ino]; dup {
+			t.Errorf("namespace listed twice: %s and %s", prev, p)
+		}
+		inos[st.Ino] = p
 	}
 }

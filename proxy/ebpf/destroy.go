@@ -42,7 +42,11 @@ func (b *Backend) destroyUDP(ctx context.Context, gone []BackendKey) (int, error
 
 	total := 0
 	var errs []error
-	for _, ns := range netnsPaths() {
+	dirs := b.opts.NetnsDirs
+	if dirs == nil {
+		dirs = DefaultNetnsDirs()
+	}
+	for _, ns := range netnsPaths(dirs) {
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
@@ -59,18 +63,39 @@ func (b *Backend) destroyUDP(ctx context.Context, gone []BackendKey) (int, error
 	return total, errors.Join(errs...)
 }
 
-// netnsPaths returns one /proc/PID/ns/net path per distinct network namespace in use by a
-// process, the caller's own first.
-func netnsPaths() []string {
+// DefaultNetnsDirs are the directories where container runtimes bind-mount pods' network
+// namespaces (containerd's and CRI-O's default, and `ip netns`). The DaemonSet mounts
+// /run/netns with HostToContainer propagation so that pods made after the daemon started
+// are seen too.
+func DefaultNetnsDirs() []string { return []string{"/run/netns", "/var/run/netns"} }
+
+// netnsPaths returns one path per distinct network namespace, the caller's own first: the
+// namespaces bound under dirs (pods: reachable without the host's PIDs and without
+// CAP_SYS_PTRACE, which opening another process's /proc/PID/ns/net needs) and those of the
+// processes this daemon can see and open (/proc/PID/ns/net: host processes, and every
+// process when it runs on the host as root).
+func netnsPaths(dirs []string) []string {
 	out := []string{"/proc/self/ns/net"}
 	seen := map[uint64]bool{}
 	var st unix.Stat_t
 	if unix.Stat(out[0], &st) == nil {
 		seen[st.Ino] = true
 	}
+	var candidates []string
+	for _, d := range dirs {
+		entries, _ := os.ReadDir(d)
+		for _, e := range entries {
+			candidates = append(candidates, filepath.Join(d, e.Name()))
+		}
+	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
-	for _, p := range procs {
-		if unix.Stat(p, &st) != nil || seen[st.Ino] {
+	candidates = append(candidates, procs...)
+	for _, p := range candidates {
+		// Stat follows the /proc link, which fails (EACCES) for processes whose namespaces
+		// this daemon may not open; a file under dirs that is not a namespace (not on
+		// nsfs) is skipped too.
+		var fs unix.Statfs_t
+		if unix.Stat(p, &st) != nil || seen[st.Ino] || unix.Statfs(p, &fs) != nil || fs.Type != unix.NSFS_MAGIC {
 			continue
 		}
 		seen[st.Ino] = true

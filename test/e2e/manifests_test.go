@@ -175,10 +175,21 @@ func TestManifestsParse(t *testing.T) {
 		t.Fatalf("want 1 container and 1 init container, got %d and %d", len(spec.Containers), len(spec.InitContainers))
 	}
 	c := spec.Containers[0]
-	// Connected UDP sockets in pods are destroyed inside the pods' network namespaces, found
-	// through /proc/PID/ns/net: the host's PIDs are needed (found on the real-node bench).
-	if !spec.HostPID {
-		t.Error("DaemonSet without hostPID: the eBPF backend cannot reach pods' sockets")
+	// Connected UDP sockets in pods are destroyed inside the pods' network namespaces, which
+	// the runtime binds under /run/netns: mounted with HostToContainer propagation, so that
+	// namespaces made later appear (found on the real-node bench: without it, and without
+	// CAP_SYS_PTRACE for /proc/PID/ns/net, pods kept sending to a deleted backend).
+	netnsOK := false
+	for _, m := range c.VolumeMounts {
+		if m.MountPath == "/run/netns" && m.MountPropagation != nil && *m.MountPropagation == corev1.MountPropagationHostToContainer {
+			netnsOK = true
+		}
+	}
+	if !netnsOK {
+		t.Error("svcproxy container does not mount /run/netns with HostToContainer propagation")
+	}
+	if spec.HostPID {
+		t.Error("DaemonSet with hostPID: not needed (pods' namespaces come from /run/netns)")
 	}
 	// The API server's address must come from the svcproxy-apiserver ConfigMap, never silently
 	// fall back to the kubernetes Service VIP that svcproxy itself programs (after a node
@@ -243,6 +254,7 @@ func TestManifestsParse(t *testing.T) {
 	main := mounts(c)
 	for hp, wantRO := range map[string]bool{
 		"/run/xtables.lock":         false,
+		"/run/netns":                true,
 		"/sys/fs/bpf":               false,
 		cfg.StateDir:                false,
 		filepath.Dir(cfg.APISocket): false,

@@ -357,7 +357,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   address = "/run/containerd/containerd.sock"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "registry.k8s.io/pause:3.10"
-  netns_mounts_under_state_dir = true
   # root here lacks CAP_SYS_RESOURCE over the host's oom_score_adj (see ../shared/REAL-NODE.md)
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
