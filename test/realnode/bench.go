@@ -533,6 +533,9 @@ conntrack -F 2>/dev/null || true
 func SweepStale(t *testing.T) {
 	dirs, _ := filepath.Glob(filepath.Join(cgroupV2Root, Prefix+"*"))
 	for _, d := range dirs {
+		if benchAlive(d) {
+			continue // another bench's, still running
+		}
 		_ = os.WriteFile(filepath.Join(d, "cgroup.kill"), []byte("1"), 0o644)
 		time.Sleep(200 * time.Millisecond)
 		if err := removeCgroupTree(d); err != nil {
@@ -543,7 +546,7 @@ func SweepStale(t *testing.T) {
 	}
 	v1, _ := filepath.Glob("/sys/fs/cgroup/*/" + Prefix + "*")
 	for _, d := range v1 {
-		if strings.HasPrefix(d, cgroupV2Root) {
+		if strings.HasPrefix(d, cgroupV2Root) || benchAlive(d) {
 			continue
 		}
 		_ = removeCgroupTree(d)
@@ -559,6 +562,16 @@ func SweepStale(t *testing.T) {
 	for i := len(stale) - 1; i >= 0; i-- {
 		_ = syscall.Unmount(stale[i], syscall.MNT_DETACH)
 	}
+}
+
+// benchAlive reports whether the bench that named cgroup dir (Prefix<pid>-<node>) still runs.
+func benchAlive(dir string) bool {
+	pid, _, ok := strings.Cut(strings.TrimPrefix(filepath.Base(dir), Prefix), "-")
+	if !ok {
+		return false
+	}
+	_, err := os.Stat("/proc/" + pid)
+	return err == nil
 }
 
 func isDir(p string) bool {

@@ -52,6 +52,13 @@ func TestRealNode(t *testing.T) {
 	s := &suite{t: t, b: b, report: &Report{}, svcproxy: harness.SvcproxyBinary(t)}
 	t.Cleanup(func() { t.Log("\n" + s.report.String()) })
 	s.workload = buildWorkload(t, b.Dir)
+	if d, err := time.ParseDuration(os.Getenv("REALNODE_HOLD")); err == nil {
+		// For a person to look at the cluster before it is torn down (bounded).
+		t.Cleanup(func() {
+			t.Logf("realnode: holding the cluster for %s (REALNODE_HOLD); kubeconfig %s in netns %s", d, b.Cluster.Kubeconfig, b.Cluster.ControlPlane.Name)
+			time.Sleep(min(d, 30*time.Minute))
+		})
+	}
 
 	modes := strings.Split(envOr("REALNODE_MODES", "iptables,ebpf"), ",")
 	for i, mode := range modes {
@@ -76,7 +83,17 @@ func TestRealNode(t *testing.T) {
 }
 
 // scenario runs fn, records its outcome and marks the test failed (but goes on) on error.
+// REALNODE_SCENARIOS (comma-separated substrings of scenario names) runs only those.
 func (s *suite) scenario(name string, fn func(mode, name string) error) {
+	if only := os.Getenv("REALNODE_SCENARIOS"); only != "" {
+		match := false
+		for _, o := range strings.Split(only, ",") {
+			match = match || strings.Contains(name, o)
+		}
+		if !match {
+			return
+		}
+	}
 	s.t.Logf("realnode: %s: %s", s.mode, name)
 	start := time.Now()
 	err := fn(s.mode, name)
