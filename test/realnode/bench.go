@@ -74,6 +74,9 @@ func NewBench(t *testing.T, n int, images []string) *Bench {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(dir, "pid"), []byte(fmt.Sprint(os.Getpid())), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("REALNODE_KEEP_LOGS") != "" {
 			t.Logf("realnode: logs kept in %s", dir)
@@ -555,9 +558,18 @@ func SweepStale(t *testing.T) {
 	var stale []string
 	for _, line := range strings.Split(string(mi), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 4 && strings.Contains(f[4], "/"+Prefix) {
-			stale = append(stale, f[4])
+		if len(f) <= 4 || !strings.Contains(f[4], "/"+Prefix) {
+			continue
 		}
+		// The bench's directory holds the PID of the test binary that made it.
+		i := strings.Index(f[4], "/"+Prefix)
+		dir := f[4][:i+1] + strings.SplitN(f[4][i+1:], "/", 2)[0]
+		if pid, err := os.ReadFile(filepath.Join(dir, "pid")); err == nil {
+			if _, err := os.Stat("/proc/" + strings.TrimSpace(string(pid))); err == nil {
+				continue
+			}
+		}
+		stale = append(stale, f[4])
 	}
 	for i := len(stale) - 1; i >= 0; i-- {
 		_ = syscall.Unmount(stale[i], syscall.MNT_DETACH)
