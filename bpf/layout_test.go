@@ -27,8 +27,26 @@ func TestLayout(t *testing.T) {
 		SvcMapSvcSrcRanges:    {SvcSrcRangeKey{}, uint8(0)},
 		SvcMapSvcClusterCidrs: {SvcCidrKey{}, uint8(0)},
 	}
-	if len(spec.Maps) != len(maps) {
-		t.Errorf("object has %d maps, test knows %d", len(spec.Maps), len(maps))
+	// Plus .rodata, which holds the load-time constants checked below.
+	if _, ok := spec.Maps[".rodata"]; !ok || len(spec.Maps) != len(maps)+1 {
+		t.Errorf("object has %d maps, test knows %d and .rodata", len(spec.Maps), len(maps))
+	}
+	vars := map[string]any{
+		SvcVarSnatPortMin:           uint16(0),
+		SvcVarSnatPortMax:           uint16(0),
+		SvcVarCtTimeoutTcpNs:        uint64(0),
+		SvcVarCtTimeoutTcpClosingNs: uint64(0),
+		SvcVarCtTimeoutUdpNs:        uint64(0),
+	}
+	for name, v := range vars {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			t.Errorf("variable %s missing", name)
+			continue
+		}
+		if !vs.Constant() || int(vs.Size()) != binary.Size(v) {
+			t.Errorf("variable %s: constant %v, %d bytes; want a %d-byte constant", name, vs.Constant(), vs.Size(), binary.Size(v))
+		}
 	}
 	for name, kv := range maps {
 		m, ok := spec.Maps[name]

@@ -24,6 +24,34 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/*
+ * Load-time settings (.rodata), written by the loader (proxy/ebpf, through the collection
+ * spec's Variables) before the programs are loaded; the values here are the defaults.
+ *
+ * Constants rather than a config map: the verifier and the JIT see them as immediates (no
+ * map lookup per packet), and they belong to the program that uses them, so a restarted
+ * daemon whose settings changed swaps programs with the new values into the pinned links
+ * atomically (BPF_LINK_UPDATE); a pinned config map would outlive the programs and could be
+ * seen half-written, or from an older daemon, by a new program.
+ *
+ * snat_port_min..snat_port_max (host order, inclusive): the source ports SNATed flows use.
+ * The loader picks ports the node's own sockets never take as ephemeral ports (above
+ * net.ipv4.ip_local_port_range by default), so the reply to a local connection can never
+ * match the reverse entry of a masqueraded flow.
+ *
+ * ct_timeout_*_ns: how long a conntrack entry stays valid without traffic in either
+ * direction of its flow; past that it is treated as absent (and deleted) by every lookup.
+ */
+volatile const __u16 snat_port_min = 61000;
+volatile const __u16 snat_port_max = 65535;
+/* TCP while open: Cilium's default for established entries, above Linux's default keepalive
+ * (7200 s, then 9 probes 75 s apart), so idle connections with keepalive survive. */
+volatile const __u64 ct_timeout_tcp_ns = 8000ULL * 1000000000ULL;
+/* TCP once a FIN or RST was seen in either direction (netfilter's CLOSE, Cilium's FIN). */
+volatile const __u64 ct_timeout_tcp_closing_ns = 10ULL * 1000000000ULL;
+/* UDP: netfilter's timeout for UDP streams (Cilium uses 60 s). */
+volatile const __u64 ct_timeout_udp_ns = 120ULL * 1000000000ULL;
+
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 
 /* ---------------------------------------------------------------- socket LB (local clients) */
@@ -129,6 +157,7 @@ struct pkt {
 	__u16 sport;
 	__u16 dport;
 	__u8 proto;
+	__u8 tcp_flags; /* TCP: the flags byte (FIN, SYN, RST, ACK, ...); 0 for UDP */
 };
 
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
@@ -157,6 +186,9 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		return -1;
 	p->sport = ports[0];
 	p->dport = ports[1];
+	if (p->proto == SVC_PROTO_TCP &&
+	    bpf_skb_load_bytes(skb, p->l4_off + 13, &p->tcp_flags, 1) < 0)
+		return -1;
 	return 0;
 }
 
@@ -360,10 +392,101 @@ static __always_inline int reject_tcp(struct __sk_buff *skb, struct pkt *p)
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-/* snat_port picks the source port a SNATed flow uses toward backend be: the client's own port
- * when free, else a random one; 0 when none was found. */
-static __always_inline __u16 snat_port(struct pkt *p, __u32 node, __u32 be_addr, __u16 be_port)
+/* ------------------------------------------------------------------------- conntrack */
+
+/* A flow has two entries in svc_ct: CT_FWD keyed by what enters from the client, CT_REPLY
+ * keyed by what the backend sends back. Each holds the other's key in its nat_* fields. Each
+ * packet refreshes the entry of its own direction; a flow is over when both entries went
+ * without a packet for longer than the timeout (ct_timeout), and lookups then treat it as
+ * absent and delete it, so a finished flow neither keeps its backend nor holds its SNAT port
+ * (LRU eviction alone would keep them until the map fills up). */
+
+static __always_inline __u64 ct_timeout(const struct ct_value *ct, __u8 proto)
 {
+	if (proto != SVC_PROTO_TCP)
+		return ct_timeout_udp_ns;
+	return (ct->flags & CT_F_CLOSING) ? ct_timeout_tcp_closing_ns : ct_timeout_tcp_ns;
+}
+
+/* ct_fresh reports whether ct saw a packet within its timeout. Signed: another CPU may have
+ * stored a last_ns later than this one's now. */
+static __always_inline int ct_fresh(const struct ct_value *ct, __u8 proto, __u64 now)
+{
+	return (__s64)(now - ct->last_ns) <= (__s64)ct_timeout(ct, proto);
+}
+
+/* ct_partner returns the other entry of ct's flow (key k) and sets pk to its key, or NULL
+ * when it is missing or now belongs to another flow. */
+static __always_inline struct ct_value *ct_partner(const struct ct_value *ct, const struct ct_key *k,
+						   struct ct_key *pk)
+{
+	struct ct_value *o;
+
+	pk->saddr = ct->nat_daddr;
+	pk->daddr = ct->nat_saddr;
+	pk->sport = ct->nat_dport;
+	pk->dport = ct->nat_sport;
+	pk->proto = k->proto;
+	o = bpf_map_lookup_elem(&svc_ct, pk);
+	if (!o || o->kind == ct->kind || o->nat_daddr != k->saddr || o->nat_saddr != k->daddr ||
+	    o->nat_dport != k->sport || o->nat_sport != k->dport)
+		return NULL;
+	return o;
+}
+
+/* ct_lookup returns the entry of k when its flow is still live, else NULL; the entries of a
+ * flow found over are deleted. The partner is only looked at when k's own entry is stale (a
+ * flow whose packets all go one way keeps the other entry alive). */
+static __always_inline struct ct_value *ct_lookup(struct ct_key *k, __u64 now)
+{
+	struct ct_value *ct = bpf_map_lookup_elem(&svc_ct, k);
+	struct ct_value *o;
+	struct ct_key pk = {};
+
+	if (!ct || ct_fresh(ct, k->proto, now))
+		return ct;
+	o = ct_partner(ct, k, &pk);
+	if (o && ct_fresh(o, k->proto, now))
+		return ct;
+	if (o)
+		bpf_map_delete_elem(&svc_ct, &pk);
+	bpf_map_delete_elem(&svc_ct, k);
+	return NULL;
+}
+
+/* ct_touch records a packet of p's direction in ct (key k). A TCP FIN or RST marks both
+ * entries of the flow closing, which shortens their timeout. */
+static __always_inline void ct_touch(struct ct_value *ct, const struct ct_key *k, const struct pkt *p,
+				     __u64 now)
+{
+	struct ct_value *o;
+	struct ct_key pk = {};
+
+	ct->last_ns = now;
+	if (!(p->tcp_flags & (TCP_FL_FIN | TCP_FL_RST)) || (ct->flags & CT_F_CLOSING))
+		return;
+	ct->flags |= CT_F_CLOSING;
+	o = ct_partner(ct, k, &pk);
+	if (o)
+		o->flags |= CT_F_CLOSING;
+}
+
+static __always_inline __u16 snat_random_port(void)
+{
+	__u32 span = (__u32)snat_port_max - (__u32)snat_port_min + 1;
+
+	return bpf_htons((__u16)(snat_port_min + bpf_get_prandom_u32() % span));
+}
+
+#define SNAT_TRIES 16
+
+/* snat_port picks the source port a SNATed flow uses toward backend be: one in
+ * snat_port_min..snat_port_max (never a port the node's own sockets pick), free for this
+ * (backend, node address) pair. The client's own port is kept when it lies in that range and
+ * is free; otherwise random ones are tried. 0 when none was found. */
+static __always_inline __u16 snat_port(struct pkt *p, __u32 node, __u32 be_addr, __u16 be_port, __u64 now)
+{
+	__u16 cport = bpf_ntohs(p->sport);
 	struct ct_key rk = {
 		.saddr = be_addr,
 		.daddr = node,
@@ -374,11 +497,14 @@ static __always_inline __u16 snat_port(struct pkt *p, __u32 node, __u32 be_addr,
 	struct ct_value *o;
 	int i;
 
-	for (i = 0; i < 8; i++) {
-		o = bpf_map_lookup_elem(&svc_ct, &rk);
+	if (cport < snat_port_min || cport > snat_port_max)
+		rk.dport = snat_random_port();
+	for (i = 0; i < SNAT_TRIES; i++) {
+		o = ct_lookup(&rk, now);
+		/* Free, or held by this very client's flow (it is being re-balanced). */
 		if (!o || (o->nat_daddr == p->saddr && o->nat_dport == p->sport))
 			return rk.dport;
-		rk.dport = bpf_htons(32768 + (bpf_get_prandom_u32() % 28232));
+		rk.dport = snat_random_port();
 	}
 	return 0;
 }
@@ -402,19 +528,23 @@ int svc_tc_ingress(struct __sk_buff *skb)
 		.proto = p.proto,
 	};
 	now = bpf_ktime_get_ns();
-	ct = bpf_map_lookup_elem(&svc_ct, &ck);
+	ct = ct_lookup(&ck, now);
 	if (ct) {
 		if (ct->kind == CT_REPLY) {
 			/* Replies without SNAT leave through egress; only SNATed ones come back here. */
 			if (!ct->snat)
 				return TC_ACT_UNSPEC;
-			ct->last_ns = now;
+			ct_touch(ct, &ck, &p, now);
 			return nat_out(skb, &p, 1, ct->nat_saddr, ct->nat_sport, ct->nat_daddr, ct->nat_dport);
 		}
 		__u32 id = ct->backend_id;
 		be = bpf_map_lookup_elem(&svc_backends, &id);
-		if (be && be->addr == ct->nat_daddr && be->port == ct->nat_dport) {
-			ct->last_ns = now;
+		/* A new connection (SYN without ACK) reusing the tuple of a closing one is a new
+		 * flow, as in netfilter: it must not inherit the short closing timeout. */
+		int reopened = (ct->flags & CT_F_CLOSING) &&
+			       (p.tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) == TCP_FL_SYN;
+		if (!reopened && be && be->addr == ct->nat_daddr && be->port == ct->nat_dport) {
+			ct_touch(ct, &ck, &p, now);
 			return nat_out(skb, &p, ct->snat, ct->nat_saddr, ct->nat_sport, ct->nat_daddr, ct->nat_dport);
 		}
 		/* The backend went away: choose again (like kube-proxy's stale UDP cleanup). */
@@ -468,15 +598,19 @@ int svc_tc_ingress(struct __sk_buff *skb)
 		if (!node)
 			return TC_ACT_SHOT;
 		nat_saddr = *node;
-		nat_sport = snat_port(&p, nat_saddr, r.be_addr, r.be_port);
+		nat_sport = snat_port(&p, nat_saddr, r.be_addr, r.be_port, now);
 		if (!nat_sport)
 			return TC_ACT_SHOT;
 		snat = 1;
 	}
 
+	/* A TCP flow opened by anything but a SYN (picked up mid-stream, or a stray FIN/RST)
+	 * starts closing if that packet is a FIN or RST. */
+	__u8 ct_flags = (p.tcp_flags & (TCP_FL_FIN | TCP_FL_RST)) ? CT_F_CLOSING : 0;
 	struct ct_value fwd = {
 		.kind = CT_FWD,
 		.snat = snat,
+		.flags = ct_flags,
 		.rev_nat_id = r.rev_nat_id,
 		.backend_id = r.backend_id,
 		.nat_daddr = r.be_addr,
@@ -495,6 +629,7 @@ int svc_tc_ingress(struct __sk_buff *skb)
 	struct ct_value rev = {
 		.kind = CT_REPLY,
 		.snat = snat,
+		.flags = ct_flags,
 		.rev_nat_id = r.rev_nat_id,
 		.backend_id = r.backend_id,
 		.nat_daddr = p.saddr,
@@ -509,20 +644,20 @@ int svc_tc_ingress(struct __sk_buff *skb)
 	return nat_out(skb, &p, snat, nat_saddr, nat_sport, r.be_addr, r.be_port);
 }
 
-/* reply_ct parses the packet into p and returns its conntrack entry when it is the reply side
- * of a translated flow, else NULL. */
-static __always_inline struct ct_value *reply_ct(struct __sk_buff *skb, struct pkt *p)
+/* reply_ct parses the packet into p, its tuple into ck, the time into now, and returns its
+ * conntrack entry when it is the reply side of a live translated flow, else NULL. */
+static __always_inline struct ct_value *reply_ct(struct __sk_buff *skb, struct pkt *p, struct ct_key *ck,
+						 __u64 *now)
 {
 	if (parse(skb, p) < 0)
 		return NULL;
-	struct ct_key ck = {
-		.saddr = p->saddr,
-		.daddr = p->daddr,
-		.sport = p->sport,
-		.dport = p->dport,
-		.proto = p->proto,
-	};
-	struct ct_value *ct = bpf_map_lookup_elem(&svc_ct, &ck);
+	*now = bpf_ktime_get_ns();
+	ck->saddr = p->saddr;
+	ck->daddr = p->daddr;
+	ck->sport = p->sport;
+	ck->dport = p->dport;
+	ck->proto = p->proto;
+	struct ct_value *ct = ct_lookup(ck, *now);
 	if (!ct || ct->kind != CT_REPLY)
 		return NULL;
 	return ct;
@@ -537,11 +672,13 @@ SEC("tc")
 int svc_tc_pod_ingress(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	struct ct_value *ct = reply_ct(skb, &p);
+	struct ct_key ck = {};
+	__u64 now = 0;
+	struct ct_value *ct = reply_ct(skb, &p, &ck, &now);
 
 	if (!ct || !ct->snat)
 		return TC_ACT_UNSPEC;
-	ct->last_ns = bpf_ktime_get_ns();
+	ct_touch(ct, &ck, &p, now);
 	return nat_out(skb, &p, 1, ct->nat_saddr, ct->nat_sport, ct->nat_daddr, ct->nat_dport);
 }
 
@@ -549,11 +686,13 @@ SEC("tc")
 int svc_tc_egress(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	struct ct_value *ct = reply_ct(skb, &p);
+	struct ct_key ck = {};
+	__u64 now = 0;
+	struct ct_value *ct = reply_ct(skb, &p, &ck, &now);
 
 	if (!ct || ct->snat)
 		return TC_ACT_UNSPEC;
-	ct->last_ns = bpf_ktime_get_ns();
+	ct_touch(ct, &ck, &p, now);
 	/* Reply of a local backend to an outside client: restore the frontend as source. */
 	return nat(skb, &p, ct->nat_saddr, ct->nat_sport, p.daddr, p.dport);
 }

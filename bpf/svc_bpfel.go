@@ -63,7 +63,8 @@ type SvcCtValue struct {
 	NatSaddr  uint32
 	NatDport  uint16
 	NatSport  uint16
-	_         [4]byte
+	Flags     uint8
+	Pad       [3]uint8
 	LastNs    uint64
 }
 
@@ -149,25 +150,30 @@ type SvcSvcValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SvcMapSvcAffinity      = "svc_affinity"
-	SvcMapSvcBackends      = "svc_backends"
-	SvcMapSvcClusterCidrs  = "svc_cluster_cidrs"
-	SvcMapSvcCt            = "svc_ct"
-	SvcMapSvcDestroy       = "svc_destroy"
-	SvcMapSvcIfaddrs       = "svc_ifaddrs"
-	SvcMapSvcRevnat        = "svc_revnat"
-	SvcMapSvcServices      = "svc_services"
-	SvcMapSvcSockRevnat    = "svc_sock_revnat"
-	SvcMapSvcSrcRanges     = "svc_src_ranges"
-	SvcProgSvcConnect4     = "svc_connect4"
-	SvcProgSvcDestroyUdp   = "svc_destroy_udp"
-	SvcProgSvcGetpeername4 = "svc_getpeername4"
-	SvcProgSvcRecvmsg4     = "svc_recvmsg4"
-	SvcProgSvcSendmsg4     = "svc_sendmsg4"
-	SvcProgSvcTcEgress     = "svc_tc_egress"
-	SvcProgSvcTcIngress    = "svc_tc_ingress"
-	SvcProgSvcTcPodIngress = "svc_tc_pod_ingress"
-	SvcProgSvcTestSelect   = "svc_test_select"
+	SvcMapSvcAffinity           = "svc_affinity"
+	SvcMapSvcBackends           = "svc_backends"
+	SvcMapSvcClusterCidrs       = "svc_cluster_cidrs"
+	SvcMapSvcCt                 = "svc_ct"
+	SvcMapSvcDestroy            = "svc_destroy"
+	SvcMapSvcIfaddrs            = "svc_ifaddrs"
+	SvcMapSvcRevnat             = "svc_revnat"
+	SvcMapSvcServices           = "svc_services"
+	SvcMapSvcSockRevnat         = "svc_sock_revnat"
+	SvcMapSvcSrcRanges          = "svc_src_ranges"
+	SvcProgSvcConnect4          = "svc_connect4"
+	SvcProgSvcDestroyUdp        = "svc_destroy_udp"
+	SvcProgSvcGetpeername4      = "svc_getpeername4"
+	SvcProgSvcRecvmsg4          = "svc_recvmsg4"
+	SvcProgSvcSendmsg4          = "svc_sendmsg4"
+	SvcProgSvcTcEgress          = "svc_tc_egress"
+	SvcProgSvcTcIngress         = "svc_tc_ingress"
+	SvcProgSvcTcPodIngress      = "svc_tc_pod_ingress"
+	SvcProgSvcTestSelect        = "svc_test_select"
+	SvcVarCtTimeoutTcpClosingNs = "ct_timeout_tcp_closing_ns"
+	SvcVarCtTimeoutTcpNs        = "ct_timeout_tcp_ns"
+	SvcVarCtTimeoutUdpNs        = "ct_timeout_udp_ns"
+	SvcVarSnatPortMax           = "snat_port_max"
+	SvcVarSnatPortMin           = "snat_port_min"
 )
 
 // LoadSvc returns the embedded CollectionSpec for Svc.
@@ -243,6 +249,11 @@ type SvcMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SvcVariableSpecs struct {
+	CtTimeoutTcpClosingNs *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_closing_ns"`
+	CtTimeoutTcpNs        *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutUdpNs        *ebpf.VariableSpec `ebpf:"ct_timeout_udp_ns"`
+	SnatPortMax           *ebpf.VariableSpec `ebpf:"snat_port_max"`
+	SnatPortMin           *ebpf.VariableSpec `ebpf:"snat_port_min"`
 }
 
 // SvcObjects contains all objects after they have been loaded into the kernel.
@@ -296,6 +307,11 @@ func (m *SvcMaps) Close() error {
 //
 // It can be passed to LoadSvcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SvcVariables struct {
+	CtTimeoutTcpClosingNs *ebpf.Variable `ebpf:"ct_timeout_tcp_closing_ns"`
+	CtTimeoutTcpNs        *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutUdpNs        *ebpf.Variable `ebpf:"ct_timeout_udp_ns"`
+	SnatPortMax           *ebpf.Variable `ebpf:"snat_port_max"`
+	SnatPortMin           *ebpf.Variable `ebpf:"snat_port_min"`
 }
 
 // SvcPrograms contains all programs after they have been loaded into the kernel.

@@ -37,6 +37,9 @@
 #define CT_FWD 1   /* client -> frontend, as seen entering the node */
 #define CT_REPLY 2 /* backend -> client (or node address after SNAT), as seen by the node */
 
+/* ct_value.flags */
+#define CT_F_CLOSING 0x01 /* TCP: a FIN or RST was seen in either direction (short timeout) */
+
 struct svc_key {
 	__u32 addr;  /* frontend address */
 	__u16 port;  /* frontend port */
@@ -119,7 +122,9 @@ struct ct_value {
 	__u32 nat_saddr;
 	__u16 nat_dport;
 	__u16 nat_sport;
-	__u64 last_ns;
+	__u8 flags;       /* CT_F_*; this byte was padding before, so older pinned entries hold 0 */
+	__u8 pad[3];
+	__u64 last_ns;    /* bpf_ktime_get_ns of the last packet in this entry's direction */
 };
 
 /* loadBalancerSourceRanges: an LPM key matching rev_nat_id exactly (prefixlen 32 + bits). */

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -70,9 +71,18 @@ type Options struct {
 	NodeAddresses []netip.Addr
 	// Logger receives progress and warnings; nil means slog.Default().
 	Logger *slog.Logger
+	// SNATPorts, when set, are the source ports flows masqueraded by the tc path use. Unset:
+	// chosen by New outside the node's net.ipv4.ip_local_port_range (see SNATPortsFor), so
+	// the node's own connections never share a port with a masqueraded flow.
+	SNATPorts PortRange
+	// NodePortRange is the service node port range when known (nodePortRange); SNAT ports
+	// chosen below the local port range avoid it.
+	NodePortRange PortRange
 
 	// withTestProgram loads svc_test_select too (tests only).
 	withTestProgram bool
+	// ctTimeouts overrides the conntrack timeouts (tests only).
+	ctTimeouts *ctTimeouts
 }
 
 // Backend is the eBPF implementation of proxy.Backend.
@@ -98,6 +108,8 @@ type Backend struct {
 	addrs                 []netip.Addr
 	synced                bool
 	closed                bool
+	// snatPorts are the source ports masqueraded flows use (load-time constants of svc.c).
+	snatPorts PortRange
 }
 
 // programs are the programs the data path runs (svcbpf.SvcPrograms without the test entry).
@@ -170,6 +182,12 @@ func New(opts Options) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Load-time constants: programs loaded with other values than a previous run's are
+	// simply swapped into the pinned links below, like any new program.
+	b.snatPorts = b.chooseSNATPorts()
+	if err := setConstants(spec, b.snatPorts, opts.ctTimeouts); err != nil {
+		return nil, err
+	}
 	b.coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinPath}})
 	if err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
@@ -210,8 +228,12 @@ func loadSpec(sizes MapSizes, withTest bool) (*ebpf.CollectionSpec, error) {
 	set(svcbpf.SvcMapSvcAffinity, sizes.Affinity)
 	set(svcbpf.SvcMapSvcCt, sizes.Conntrack)
 	set(svcbpf.SvcMapSvcSrcRanges, sizes.SrcRanges)
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinByName
+	for name, m := range spec.Maps {
+		// Not .rodata (the load-time constants): it belongs to the programs loaded with it,
+		// a pinned one would hand a restarted daemon the previous run's values.
+		if !strings.HasPrefix(name, ".") {
+			m.Pinning = ebpf.PinByName
+		}
 	}
 	if !withTest {
 		delete(spec.Programs, svcbpf.SvcProgSvcTestSelect)
