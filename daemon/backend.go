@@ -107,7 +107,8 @@ func newEBPF(cfg *config.Config, log *slog.Logger) (proxy.Backend, error) {
 	if cfg.Bridge != "" {
 		podIfaces = []string{cfg.Bridge}
 	}
-	b, err := ebpf.New(ebpf.Options{CgroupPath: cgroup, Interfaces: ifaces, PodInterfaces: podIfaces, PinPath: cfg.EBPFPinPath, Logger: log})
+	b, err := ebpf.New(ebpf.Options{CgroupPath: cgroup, Interfaces: ifaces, PodInterfaces: podIfaces, PinPath: cfg.EBPFPinPath, Logger: log,
+		NodePortRange: ebpf.PortRange{Min: cfg.NodePortRange.Min, Max: cfg.NodePortRange.Max}})
 	if err != nil {
 		return nil, err
 	}
