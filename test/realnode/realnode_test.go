@@ -70,7 +70,14 @@ func TestRealNode(t *testing.T) {
 		} else {
 			s.switchMode(mode)
 		}
-		s.report.Finish(mode, "deploy", time.Since(start), s.checkDaemons("deploy"))
+		err := s.checkDaemons("deploy")
+		if err == nil {
+			err = s.checkCNI("deploy")
+		}
+		s.report.Finish(mode, "deploy", time.Since(start), err)
+		if err != nil {
+			t.Errorf("realnode: %s: deploy: %v", mode, err)
+		}
 		s.scenario("spread", s.spread)
 		s.scenario("hostPort", s.hostPort)
 		s.scenario("scale 3->6->1", s.scale)
@@ -315,6 +322,79 @@ func (s *suite) checkDaemons(scenario string) error {
 		return fmt.Errorf("%s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// checkCNI checks what the init container installed on each node (the shipped conflist,
+// svcproxy-cni and svcproxy-portmap; no other network configuration), and that every pod on
+// the pod network got its address from that node's svcproxy (the daemon's allocations hold
+// it, inside the Node's pod range).
+func (s *suite) checkCNI(scenario string) error {
+	root, err := harness.RepoRoot()
+	if err != nil {
+		return err
+	}
+	want, err := os.ReadFile(filepath.Join(root, "deploy", "cni", "10-svcproxy.conflist"))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, n := range s.b.Nodes {
+		confs, _ := filepath.Glob(filepath.Join(n.Dir, "etc-cni", "net.d", "*"))
+		if len(confs) != 1 || filepath.Base(confs[0]) != "10-svcproxy.conflist" {
+			return fmt.Errorf("%s: CNI configuration directory holds %v, want only 10-svcproxy.conflist", n.Name, confs)
+		}
+		got, err := os.ReadFile(confs[0])
+		if err != nil {
+			return err
+		}
+		if string(got) != string(want) {
+			return fmt.Errorf("%s: installed conflist differs from deploy/cni/10-svcproxy.conflist:\n%s", n.Name, got)
+		}
+		for _, bin := range []string{"svcproxy-cni", "svcproxy-portmap", "loopback"} {
+			if fi, err := os.Stat(filepath.Join(n.Dir, "opt-cni", "bin", bin)); err != nil || fi.Mode()&0o111 == 0 {
+				return fmt.Errorf("%s: CNI plugin %s not installed: %v", n.Name, bin, err)
+			}
+		}
+		st, err := s.status(n)
+		if err != nil {
+			return err
+		}
+		held := map[string]bool{}
+		for _, p := range st.Pods {
+			for _, ip := range p.IPs {
+				held[ip] = true
+			}
+		}
+		node, err := s.b.Cluster.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		pods, err := s.b.Cluster.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.Name})
+		if err != nil {
+			return err
+		}
+		count := 0
+		for _, p := range pods.Items {
+			if p.Spec.HostNetwork || p.Status.PodIP == "" {
+				continue
+			}
+			count++
+			if !held[p.Status.PodIP] {
+				return fmt.Errorf("%s: pod %s/%s has %s, which %s's svcproxy did not allocate (allocations %v)", n.Name, p.Namespace, p.Name, p.Status.PodIP, n.Name, held)
+			}
+			if !cidrContains(node.Spec.PodCIDR, p.Status.PodIP) {
+				return fmt.Errorf("%s: pod %s/%s has %s, outside the Node's podCIDR %s", n.Name, p.Namespace, p.Name, p.Status.PodIP, node.Spec.PodCIDR)
+			}
+		}
+		s.report.Note(s.mode, scenario, "%s: only the shipped conflist installed; %d pods, every address allocated by svcproxy from %s", n.Name, count, node.Spec.PodCIDR)
+	}
+	return nil
+}
+
+func cidrContains(cidr, ip string) bool {
+	_, n, err := net.ParseCIDR(cidr)
+	return err == nil && n.Contains(net.ParseIP(ip))
 }
 
 // nodeRun runs `workload run` on node n (its network, mount and cgroup namespaces: a process
