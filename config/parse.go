@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -19,10 +18,14 @@ import (
 )
 
 // Load reads and validates the config file at path. It returns an *Error listing every
-// problem when the content is invalid, and another error when the file cannot be read.
+// problem when the content is invalid or the file larger than MaxFileSize (read no further
+// than that), and another error when the file cannot be read.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if err != nil {
+		if perr := (*Error)(nil); errors.As(err, &perr) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("read config: %w", err)
 	}
 	return Parse(path, data)
@@ -31,7 +34,11 @@ func Load(path string) (*Config, error) {
 // Parse validates data, the content of a config file named name (used in problems). The file
 // holds YAML documents: at most one ProxyConfig, and any number of Kubernetes Service (v1) and
 // EndpointSlice (discovery.k8s.io/v1) objects. It returns an *Error listing every problem.
+// Data over MaxFileSize is refused unread.
 func Parse(name string, data []byte) (*Config, error) {
+	if len(data) > MaxFileSize {
+		return nil, &Error{Problems: []Problem{tooBig(name, int64(len(data)))}}
+	}
 	var probs []Problem
 	p := &parser{file: name, probs: &probs, cfg: &Config{File: name}, fields: map[reflect.Type]map[string]field{}, fast: fastCache{}, names: map[validName]bool{}}
 	p.run(data)
