@@ -7,8 +7,6 @@ import (
 	"io"
 	"net/netip"
 	"reflect"
-	"regexp"
-	"strconv"
 
 	"go.yaml.in/yaml/v3"
 	corev1 "k8s.io/api/core/v1"
@@ -88,8 +86,6 @@ type kubeDoc[T any] struct {
 	obj *T
 }
 
-var yamlLine = regexp.MustCompile(`line (\d+)`)
-
 func (p *parser) run(data []byte) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	docs := 0
@@ -100,11 +96,7 @@ func (p *parser) run(data []byte) {
 			break
 		}
 		if err != nil {
-			line := 0
-			if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
-				line, _ = strconv.Atoi(m[1])
-			}
-			*p.probs = append(*p.probs, Problem{File: p.file, Line: line, Column: 1, Message: "invalid YAML: " + err.Error()})
+			*p.probs = append(*p.probs, yamlProblem(p.file, data, err))
 			return
 		}
 		if len(n.Content) == 0 || isNull(n.Content[0]) {
