@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // Limits on what a config file may hold, so that any input (a file caught half-written, binary
@@ -19,6 +21,13 @@ const (
 	// MaxFileSize is the largest config file read, in bytes: 16 MiB (the 10,000-service
 	// benchmark file is 8.8 MB).
 	MaxFileSize = 16 << 20
+	// MaxDepth is how deeply mappings and sequences may nest in a document, aliases followed
+	// (a ProxyConfig needs 5 levels, a Kubernetes object with managedFields about 15).
+	MaxDepth = 100
+	// MaxAliasNodes is how many YAML nodes aliases (merge keys included) may bring into one
+	// file: a node counts each time an alias brings it in, so an exponential expansion
+	// ("billion laughs") is refused after this many.
+	MaxAliasNodes = 1_000_000
 )
 
 // ReadFile reads the config file at path, at most MaxFileSize bytes of it: a larger file (or
@@ -148,4 +157,170 @@ func offsetPos(data []byte, off int) pos {
 		}
 	}
 	return pos{line, utf8.RuneCount(data[start:off]) + 1}
+}
+
+// nodeCheck walks each document's node tree once, aliases and merge keys followed, before
+// anything else reads it, and refuses a tree that would not end or would be too large when
+// followed: an alias or merge key inside the node it refers to (a cycle), nesting deeper than
+// MaxDepth, more than MaxAliasNodes nodes brought in by aliases in the file. Every reader of
+// the tree after it (the direct reader, the walker, record, pairs, yaml's own Decode of a
+// value) follows aliases and merge keys the same way, so what it accepts they read in bounded
+// time, depth and memory. It keeps nothing per node: its memory is its path (at most MaxDepth
+// steps) and the anchored nodes on it.
+type nodeCheck struct {
+	file     string
+	expanded int                 // nodes brought in by aliases so far, in the whole file
+	onPath   map[*yaml.Node]bool // the anchored collections the walk is inside
+	path     []step              // where the walk is
+	outer    *yaml.Node          // the outermost alias being followed, nil when none
+	outerAt  int                 // len(path) at outer
+	prob     *Problem
+}
+
+// step is one step of the walk: into the value (or key) of a mapping pair, or a sequence item.
+type step struct {
+	key   *yaml.Node // the pair's key node; nil for a sequence item
+	index int
+}
+
+// check walks the tree of one document; it returns false, with c.prob set, when it refuses it.
+func (c *nodeCheck) check(root *yaml.Node) bool {
+	if c.onPath == nil {
+		c.onPath = map[*yaml.Node]bool{}
+	}
+	c.path, c.outer = c.path[:0], nil
+	return c.visit(root, 0)
+}
+
+// visit walks n, inside depth collections.
+func (c *nodeCheck) visit(n *yaml.Node, depth int) bool {
+	if n.Kind == yaml.AliasNode {
+		t := n.Alias
+		if t == nil {
+			return true
+		}
+		if c.onPath[t] {
+			if c.mergeValue() {
+				c.fail(n, fmt.Sprintf("merge key <<: *%s merges the mapping &%s (line %d) that holds it: the mapping would contain itself without end", n.Value, t.Anchor, t.Line))
+			} else {
+				c.fail(n, fmt.Sprintf("alias *%s refers to &%s (line %d), which contains it: the value would contain itself without end", n.Value, t.Anchor, t.Line))
+			}
+			return false
+		}
+		if c.outer != nil {
+			return c.visit(t, depth)
+		}
+		c.outer, c.outerAt = n, len(c.path)
+		ok := c.visit(t, depth)
+		c.outer = nil
+		return ok
+	}
+	if c.outer != nil {
+		c.expanded++
+		if c.expanded > MaxAliasNodes {
+			c.failOuter(fmt.Sprintf("aliases and merge keys bring more than %d nodes into the file by here (through %s): at most %d may come from aliases (an exponential expansion?)",
+				MaxAliasNodes, c.aliasName(c.outer, c.outerAt), MaxAliasNodes))
+			return false
+		}
+	}
+	if n.Kind != yaml.MappingNode && n.Kind != yaml.SequenceNode {
+		return true
+	}
+	if depth >= MaxDepth {
+		if c.outer != nil {
+			c.failOuter(fmt.Sprintf("%s nests mappings and lists deeper than %d levels (at line %d): at most %d are allowed",
+				c.aliasName(c.outer, c.outerAt), MaxDepth, n.Line, MaxDepth))
+		} else {
+			c.fail(n, fmt.Sprintf("mappings and lists nest deeper than %d levels here: at most %d are allowed", MaxDepth, MaxDepth))
+		}
+		return false
+	}
+	if n.Anchor != "" {
+		c.onPath[n] = true
+		defer delete(c.onPath, n)
+	}
+	for i, child := range n.Content {
+		s := step{index: i}
+		if n.Kind == yaml.MappingNode {
+			s = step{key: n.Content[i&^1]}
+		}
+		c.path = append(c.path, s)
+		ok := c.visit(child, depth+1)
+		c.path = c.path[:len(c.path)-1]
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// mergeValue reports whether the walk is at the value of a merge key, or at an item of it.
+func (c *nodeCheck) mergeValue() bool {
+	n := len(c.path)
+	if n > 1 && c.path[n-1].key == nil {
+		n-- // an item of a list of merged mappings
+	}
+	if n == 0 {
+		return false
+	}
+	k := c.path[n-1].key
+	return k != nil && k.Kind == yaml.ScalarNode && k.Tag == "!!merge"
+}
+
+// aliasName names alias a, met at the path's first n steps: "alias *x" or "merge key <<: *x".
+func (c *nodeCheck) aliasName(a *yaml.Node, n int) string {
+	saved := c.path
+	c.path = c.path[:n]
+	merge := c.mergeValue()
+	c.path = saved
+	if merge {
+		return "merge key <<: *" + a.Value
+	}
+	return "alias *" + a.Value
+}
+
+// fail refuses the document with a problem at n, at the current path.
+func (c *nodeCheck) fail(n *yaml.Node, msg string) {
+	c.prob = &Problem{File: c.file, Line: n.Line, Column: n.Column, Field: fieldPath(c.path), Message: msg}
+}
+
+// failOuter refuses the document with a problem at the outermost alias being followed.
+func (c *nodeCheck) failOuter(msg string) {
+	c.prob = &Problem{File: c.file, Line: c.outer.Line, Column: c.outer.Column, Field: fieldPath(c.path[:c.outerAt]), Message: msg}
+}
+
+// fieldPath renders a path as the walker names fields ("services[0].ports[1]"), its middle
+// left out when it is long.
+func fieldPath(path []step) string {
+	const head, tail = 6, 3
+	var b strings.Builder
+	sep := false // a key needs a dot before it
+	for i, s := range path {
+		if len(path) > head+tail && i >= head && i < len(path)-tail {
+			if i == head {
+				b.WriteString("...")
+				sep = false
+			}
+			continue
+		}
+		if s.key == nil {
+			b.WriteString("[" + strconv.Itoa(s.index) + "]")
+			sep = true
+			continue
+		}
+		if sep {
+			b.WriteByte('.')
+		}
+		sep = true
+		k := s.key
+		if k.Kind == yaml.AliasNode && k.Alias != nil {
+			k = k.Alias
+		}
+		if k.Kind == yaml.ScalarNode {
+			b.WriteString(k.Value)
+		} else {
+			b.WriteString("?")
+		}
+	}
+	return b.String()
 }

@@ -32,7 +32,9 @@ func Load(path string) (*Config, error) {
 // Parse validates data, the content of a config file named name (used in problems). The file
 // holds YAML documents: at most one ProxyConfig, and any number of Kubernetes Service (v1) and
 // EndpointSlice (discovery.k8s.io/v1) objects. It returns an *Error listing every problem.
-// Data over MaxFileSize is refused unread.
+// Any input ends in a config or in problems, in bounded time and memory: data over
+// MaxFileSize is refused unread, and so are documents whose aliases or merge keys form a
+// cycle, nest deeper than MaxDepth or expand to more than MaxAliasNodes nodes.
 func Parse(name string, data []byte) (*Config, error) {
 	if len(data) > MaxFileSize {
 		return nil, &Error{Problems: []Problem{tooBig(name, int64(len(data)))}}
@@ -71,6 +73,7 @@ type parser struct {
 	file  string
 	probs *[]Problem
 	cfg   *Config
+	check nodeCheck
 
 	proxyDoc *doc
 	raw      *rawConfig
@@ -101,6 +104,12 @@ func (p *parser) run(data []byte) {
 		}
 		if len(n.Content) == 0 || isNull(n.Content[0]) {
 			continue // empty document
+		}
+		p.check.file = p.file
+		if !p.check.check(n.Content[0]) {
+			// Nothing may read a tree refused here: stop, as at a syntax error.
+			*p.probs = append(*p.probs, *p.check.prob)
+			return
 		}
 		docs++
 		p.document(i, n.Content[0])

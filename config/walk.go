@@ -18,6 +18,11 @@ import (
 // with its line, at any depth, instead of only the first as a decoder would. It returns a
 // generic value (maps, slices, scalars) that encoding/json then decodes into the type; it also
 // records where each field was, so later checks can point at it.
+//
+// Every reader of a document's node tree here (walk, record, pairs, the direct reader) follows
+// aliases and merge keys without counting: it reads only trees nodeCheck (limits.go) accepted,
+// which have no cycle, nest at most MaxDepth deep and bring at most MaxAliasNodes nodes in
+// through aliases.
 
 var (
 	intOrStringType   = reflect.TypeOf(intstr.IntOrString{})
