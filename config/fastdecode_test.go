@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"reflect"
@@ -19,8 +20,8 @@ import (
 // trip, as decodeNode did before the direct reader. It returns the value and the problems.
 func slowDecode(t *testing.T, root *yaml.Node, typ reflect.Type) (any, []Problem) {
 	t.Helper()
-	var probs []Problem
-	d := &doc{file: "x.yaml", probs: &probs, root: root, typ: typ}
+	probs := &problemList{}
+	d := &doc{file: "x.yaml", probs: probs, root: root, typ: typ}
 	out := reflect.New(typ).Interface()
 	v := walk(d, root, typ, "")
 	if v != nil {
@@ -29,10 +30,10 @@ func slowDecode(t *testing.T, root *yaml.Node, typ reflect.Type) (any, []Problem
 			err = json.Unmarshal(b, out)
 		}
 		if err != nil {
-			probs = append(probs, Problem{Message: err.Error()})
+			probs.add(Problem{Message: err.Error()})
 		}
 	}
-	return out, probs
+	return out, probs.list
 }
 
 func typeOfKind(kind string) reflect.Type {
@@ -341,6 +342,34 @@ func allPositions(d *doc, n *yaml.Node, t reflect.Type, path string, at map[stri
 	}
 }
 
+// largeMappings returns documents whose mappings are large enough for where to look into them
+// through their key index: keys given twice, keys with dots, keys that are no scalars, aliases
+// as keys, merge keys, in structs and in maps.
+func largeMappings() string {
+	var b strings.Builder
+	b.WriteString("apiVersion: v1\nkind: Service\nmetadata:\n  name: a\n  annotations.k1: before\n  labels: &big\n")
+	for i := 0; i < 40; i++ {
+		fmt.Fprintf(&b, "    k%d: v\n    k%d.x: v\n", i, i)
+	}
+	b.WriteString("    k3: again\n    ? [k5]\n    : v\n    ? {k6: 1}\n    : v\n    \"\": empty\n    k7.x.y: v\n")
+	b.WriteString("    ? &kk k8\n    : v\n    ? *kk\n    : w\n    ? [seq]\n    : v\n")
+	b.WriteString("  annotations:\n    <<: *big\n    k1: own\n    k40: own\n")
+	for i := 0; i < 40; i++ {
+		fmt.Fprintf(&b, "  extra%d: x\n", i)
+	}
+	b.WriteString("  name: twice\n  ? [name]\n  : v\n  labels.k1: after\n  labels.k1.x: after\n")
+	b.WriteString("spec:\n  <<: {ports: [{port: 80}], selector: *big}\n  type: ClusterIP\n")
+	b.WriteString("---\napiVersion: svcproxy.io/v1alpha1\nkind: ProxyConfig\nservices:\n  - &s\n    name: a\n    selector: {")
+	for i := 0; i < 40; i++ {
+		fmt.Fprintf(&b, "s%d: v, ", i)
+	}
+	b.WriteString("s0: again}\n  - {<<: *s, name: b}\n  - <<: [*s, {name: c, ports: [{port: 1}]}]\n")
+	for i := 0; i < 40; i++ {
+		fmt.Fprintf(&b, "    f%d: x\n", i)
+	}
+	return b.String()
+}
+
 // TestWhereMatchesFullPositionMap: where, which walks down one branch, finds for every path
 // (and below it, and for paths the file does not have) what the map of all positions gives.
 func TestWhereMatchesFullPositionMap(t *testing.T) {
@@ -355,7 +384,7 @@ spec:
   selector: *ann
   ports: [{port: 80, port: 81}, [1], {name: x, targetPort: {a: b}}]
   clusterIPs: [a, b, c, d, e, f, g, h, i, j, k, l]
-`}, brokenDocs...)
+`, largeMappings()}, brokenDocs...)
 	checked := 0
 	for fi, f := range files {
 		dec := yaml.NewDecoder(strings.NewReader(f))

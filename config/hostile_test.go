@@ -285,6 +285,35 @@ func TestFileSizeLimit(t *testing.T) {
 	}
 }
 
+// TestManyProblems: a file of thousands of mistakes lists MaxProblems of them and says how
+// many more there are; finding them costs no more than reading the file, even when they all
+// sit in one mapping of a hundred thousand keys.
+func TestManyProblems(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(hostileHead)
+	for i := 0; i < 100000; i++ {
+		fmt.Fprintf(&b, "k%d: 1\n", i)
+	}
+	data := []byte(b.String())
+	var err error
+	alloc := allocated(func() { _, err = Parse("many.yaml", data) })
+	var perr *Error
+	if !errors.As(err, &perr) || len(perr.Problems) != MaxProblems+1 {
+		t.Fatalf("err has %d problems, want %d", len(perr.Problems), MaxProblems+1)
+	}
+	if p := perr.Problems[0]; p.String() != `many.yaml:4:1: k0: unknown field "k0"` {
+		t.Errorf("first problem %s", p)
+	}
+	last := perr.Problems[MaxProblems]
+	if want := `many.yaml:1004:1: 99000 more problem(s) not listed (at most 1000 are); the first of them: k1000: unknown field "k1000"`; last.String() != want {
+		t.Errorf("last problem\n  %s\nwant\n  %s", last, want)
+	}
+	// Locating each problem by reading the whole mapping again would take gigabytes.
+	if limit := uint64(200 * len(data)); alloc > limit {
+		t.Errorf("Parse allocated %d bytes, want at most %d", alloc, limit)
+	}
+}
+
 // TestAliasesWithinLimits: a large file that leans on anchors and merge keys (1,000 services
 // merging the settings and the 100 endpoints of a first one: 720,000 nodes brought in by
 // aliases) is read as before.

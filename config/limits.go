@@ -28,6 +28,9 @@ const (
 	// file: a node counts each time an alias brings it in, so an exponential expansion
 	// ("billion laughs") is refused after this many.
 	MaxAliasNodes = 1_000_000
+	// MaxProblems is how many problems a file's check lists; the ones past it are counted, in
+	// one last problem.
+	MaxProblems = 1000
 )
 
 // ReadFile reads the config file at path, at most MaxFileSize bytes of it: a larger file (or

@@ -31,20 +31,20 @@ func Load(path string) (*Config, error) {
 
 // Parse validates data, the content of a config file named name (used in problems). The file
 // holds YAML documents: at most one ProxyConfig, and any number of Kubernetes Service (v1) and
-// EndpointSlice (discovery.k8s.io/v1) objects. It returns an *Error listing every problem.
-// Any input ends in a config or in problems, in bounded time and memory: data over
-// MaxFileSize is refused unread, and so are documents whose aliases or merge keys form a
-// cycle, nest deeper than MaxDepth or expand to more than MaxAliasNodes nodes.
+// EndpointSlice (discovery.k8s.io/v1) objects. It returns an *Error listing every problem (at
+// most MaxProblems of them, then how many more). Any input ends in a config or in problems, in
+// bounded time and memory: data over MaxFileSize is refused unread, and so are documents whose
+// aliases or merge keys form a cycle, nest deeper than MaxDepth or expand to more than
+// MaxAliasNodes nodes.
 func Parse(name string, data []byte) (*Config, error) {
 	if len(data) > MaxFileSize {
 		return nil, &Error{Problems: []Problem{tooBig(name, int64(len(data)))}}
 	}
-	var probs []Problem
-	p := &parser{file: name, probs: &probs, cfg: &Config{File: name}, fields: map[reflect.Type]map[string]field{}, fast: fastCache{}, names: map[validName]bool{}}
+	probs := &problemList{}
+	p := &parser{file: name, probs: probs, cfg: &Config{File: name}, fields: map[reflect.Type]map[string]field{}, fast: fastCache{}, names: map[validName]bool{}}
 	p.run(data)
-	if len(probs) > 0 {
-		sortProblems(&probs)
-		return nil, &Error{Problems: probs}
+	if !probs.empty() {
+		return nil, probs.error()
 	}
 	p.keepPositions()
 	return p.cfg, nil
@@ -71,7 +71,7 @@ func (p *parser) keepPositions() {
 // parser holds the state of one Parse.
 type parser struct {
 	file  string
-	probs *[]Problem
+	probs *problemList
 	cfg   *Config
 	check nodeCheck
 
@@ -99,7 +99,7 @@ func (p *parser) run(data []byte) {
 			break
 		}
 		if err != nil {
-			*p.probs = append(*p.probs, yamlProblem(p.file, data, err))
+			p.probs.add(yamlProblem(p.file, data, err))
 			return
 		}
 		if len(n.Content) == 0 || isNull(n.Content[0]) {
@@ -108,7 +108,7 @@ func (p *parser) run(data []byte) {
 		p.check.file = p.file
 		if !p.check.check(n.Content[0]) {
 			// Nothing may read a tree refused here: stop, as at a syntax error.
-			*p.probs = append(*p.probs, *p.check.prob)
+			p.probs.add(*p.check.prob)
 			return
 		}
 		docs++
@@ -116,7 +116,7 @@ func (p *parser) run(data []byte) {
 	}
 	if docs == 0 {
 		// Most likely a file caught half-written: refusing it keeps the last good state.
-		*p.probs = append(*p.probs, Problem{File: p.file, Line: 1, Column: 1, Message: "the file holds no YAML document"})
+		p.probs.add(Problem{File: p.file, Line: 1, Column: 1, Message: "the file holds no YAML document"})
 		return
 	}
 	p.settings()

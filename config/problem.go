@@ -63,6 +63,46 @@ func sortProblems(ps *[]Problem) {
 	})
 }
 
+// problemList collects the problems of one file: MaxProblems of them, then only how many
+// more there are and the first of those, so that a file of a million mistakes costs neither
+// a million problems' memory nor the time to locate them.
+type problemList struct {
+	list []Problem
+	more int     // problems found past MaxProblems
+	next Problem // the first of them
+}
+
+func (l *problemList) full() bool { return len(l.list) >= MaxProblems }
+
+func (l *problemList) add(p Problem) {
+	if l.full() {
+		if l.more == 0 {
+			l.next = p
+		}
+		l.more++
+		return
+	}
+	l.list = append(l.list, p)
+}
+
+func (l *problemList) empty() bool { return len(l.list) == 0 }
+
+// error returns the problems in file order, and last, when some were left out, one that
+// says how many.
+func (l *problemList) error() *Error {
+	sortProblems(&l.list)
+	out := l.list
+	if l.more > 0 {
+		first := l.next.Message
+		if l.next.Field != "" {
+			first = l.next.Field + ": " + first
+		}
+		out = append(out, Problem{File: l.next.File, Line: l.next.Line, Column: l.next.Column,
+			Message: fmt.Sprintf("%d more problem(s) not listed (at most %d are); the first of them: %s", l.more, MaxProblems, first)})
+	}
+	return &Error{Problems: out}
+}
+
 // pos is a position in the file.
 type pos struct{ line, col int }
 
@@ -83,8 +123,10 @@ type doc struct {
 	typ  reflect.Type
 	// kept holds, once the file was read without problems and root let go, the positions of
 	// the paths BuildState may report at (see keepPositions).
-	kept  map[string]pos
-	probs *[]Problem
+	kept map[string]pos
+	// keys holds the key indexes of the large mappings where looked into (see keyIndex).
+	keys  map[*yaml.Node]*keyIndex
+	probs *problemList
 	// bad holds the paths whose value the reader refused: later checks that find the value
 	// missing or zero do not report it again.
 	bad map[string]bool
@@ -136,7 +178,7 @@ func (d *doc) keepPositions(paths []string) {
 	if len(w) > 0 {
 		d.record(d.root, d.typ, "", w, d.kept)
 	}
-	d.root = nil
+	d.root, d.keys = nil, nil
 }
 
 // where returns the position of path, or of its nearest recorded ancestor.
@@ -174,8 +216,12 @@ func (d *doc) addf(path, format string, args ...any) {
 	if d.refused(path) {
 		return
 	}
+	if d.probs.full() && d.probs.more > 0 {
+		d.probs.more++ // not listed: not worth locating
+		return
+	}
 	at := d.where(path)
-	*d.probs = append(*d.probs, Problem{File: d.file, Line: at.line, Column: at.col, Field: path, Message: fmt.Sprintf(format, args...)})
+	d.probs.add(Problem{File: d.file, Line: at.line, Column: at.col, Field: path, Message: fmt.Sprintf(format, args...)})
 }
 
 // addAt records a problem about path at an explicit position.
@@ -183,7 +229,11 @@ func (d *doc) addAt(at pos, path, format string, args ...any) {
 	if d.refused(path) {
 		return
 	}
-	*d.probs = append(*d.probs, Problem{File: d.file, Line: at.line, Column: at.col, Field: path, Message: fmt.Sprintf(format, args...)})
+	if d.probs.full() && d.probs.more > 0 {
+		d.probs.more++
+		return
+	}
+	d.probs.add(Problem{File: d.file, Line: at.line, Column: at.col, Field: path, Message: fmt.Sprintf(format, args...)})
 }
 
 // line returns the line of path, for messages that point at another definition.

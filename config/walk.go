@@ -311,13 +311,8 @@ func (d *doc) record(n *yaml.Node, t reflect.Type, path string, w wanted, at map
 			return
 		}
 		fields := d.structFields(t)
-		var seen []string
-		for _, kv := range pairs(n) {
+		for _, kv := range d.wantedPairs(n, path, w, false) {
 			k, v := kv[0], kv[1]
-			if !w.key(path, k.Value) || slices.Contains(seen, k.Value) {
-				continue
-			}
-			seen = append(seen, k.Value)
 			kp := join(path, k.Value)
 			at[kp] = pos{k.Line, k.Column}
 			if f, ok := fields[k.Value]; ok && k.Kind == yaml.ScalarNode {
@@ -328,19 +323,13 @@ func (d *doc) record(n *yaml.Node, t reflect.Type, path string, w wanted, at map
 		if n.Kind != yaml.MappingNode {
 			return
 		}
-		var seen []string
-		for _, kv := range pairs(n) {
+		for _, kv := range d.wantedPairs(n, path, w, true) {
 			k, v := kv[0], kv[1]
-			if !w.key(path, k.Value) || slices.Contains(seen, k.Value) {
-				continue
-			}
 			kp := join(path, k.Value)
 			at[kp] = pos{k.Line, k.Column}
-			if k.Kind != yaml.ScalarNode {
-				continue
+			if k.Kind == yaml.ScalarNode {
+				d.record(v, t.Elem(), kp, w, at)
 			}
-			seen = append(seen, k.Value)
-			d.record(v, t.Elem(), kp, w, at)
 		}
 	case reflect.Slice, reflect.Array:
 		if n.Kind != yaml.SequenceNode {
@@ -353,6 +342,121 @@ func (d *doc) record(n *yaml.Node, t reflect.Type, path string, w wanted, at map
 			d.record(item, t.Elem(), ip, w, at)
 		}
 	}
+}
+
+// wantedPairs returns the pairs of mapping n (merge keys expanded) that record acts on at
+// path, in order: for a struct, the first pair of each wanted key; for a map (asMap), the
+// pairs of each wanted key up to the first one whose key node is a scalar (a later pair of the
+// key is left out). When only one path is wanted, a large mapping is looked into through its
+// key index instead of being read whole: where then costs the same in a mapping of a million
+// keys as in one of ten.
+func (d *doc) wantedPairs(n *yaml.Node, path string, w wanted, asMap bool) [][2]*yaml.Node {
+	if wp, ok := w.(wantPath); ok && (len(n.Content) > 2*indexAbove || hasMerge(n)) {
+		return d.keyIndex(n).wanted(wp, path, asMap)
+	}
+	var out [][2]*yaml.Node
+	var seen []string
+	for _, kv := range pairs(n) {
+		k := kv[0]
+		if !w.key(path, k.Value) || slices.Contains(seen, k.Value) {
+			continue
+		}
+		out = append(out, kv)
+		if !asMap || k.Kind == yaml.ScalarNode {
+			seen = append(seen, k.Value)
+		}
+	}
+	return out
+}
+
+// indexAbove is the number of pairs above which a mapping gets a key index.
+const indexAbove = 32
+
+func hasMerge(n *yaml.Node) bool {
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i]; k.Kind == yaml.ScalarNode && k.Tag == "!!merge" {
+			return true
+		}
+	}
+	return false
+}
+
+// keyIndex is where the keys of a mapping are among its pairs (merge keys expanded), built
+// once per mapping the document looks into.
+type keyIndex struct {
+	kv    [][2]*yaml.Node
+	first map[string]int32 // the first pair of each key
+	// asMap holds, for the keys whose first pair has a key node that is no scalar, the pair a
+	// map's record ends on: the first pair of the key whose key node is a scalar, else the
+	// last pair of the key. (Every other key ends on its first pair.)
+	asMap map[string]int32
+}
+
+func (d *doc) keyIndex(n *yaml.Node) *keyIndex {
+	if x, ok := d.keys[n]; ok {
+		return x
+	}
+	ps := pairs(n)
+	x := &keyIndex{kv: ps, first: make(map[string]int32, len(ps))}
+	for i, kv := range ps {
+		k := kv[0].Value
+		f, seen := x.first[k]
+		if !seen {
+			x.first[k] = int32(i)
+			continue
+		}
+		if ps[f][0].Kind == yaml.ScalarNode {
+			continue
+		}
+		if e, ok := x.asMap[k]; ok && ps[e][0].Kind == yaml.ScalarNode {
+			continue
+		}
+		if x.asMap == nil {
+			x.asMap = map[string]int32{}
+		}
+		x.asMap[k] = int32(i)
+	}
+	if d.keys == nil {
+		d.keys = map[*yaml.Node]*keyIndex{}
+	}
+	d.keys[n] = x
+	return x
+}
+
+// wanted returns what wantedPairs does, for one wanted path. The keys w wants at path are the
+// prefixes of the rest of w that end where a field name may (a key may hold dots: a label);
+// each one's pair is the one record ends on, and they go in pair order, as record met them.
+// (A map's key whose pairs are not all of scalar key nodes then leaves out the pairs record
+// would have met before the one it ends on: they only set the position that one sets again.)
+func (x *keyIndex) wanted(w wantPath, path string, asMap bool) [][2]*yaml.Node {
+	rest := string(w)
+	if path != "" {
+		if len(rest) <= len(path) || !strings.HasPrefix(rest, path) || rest[len(path)] != '.' {
+			return nil
+		}
+		rest = rest[len(path)+1:]
+	}
+	var at []int32
+	for i := 0; i <= len(rest); i++ {
+		if i < len(rest) && rest[i] != '.' && rest[i] != '[' {
+			continue
+		}
+		k := rest[:i]
+		j, ok := x.first[k]
+		if !ok {
+			continue
+		}
+		if e, ok := x.asMap[k]; ok && asMap {
+			j = e
+		}
+		at = append(at, j)
+	}
+	slices.Sort(at)
+	out := make([][2]*yaml.Node, len(at))
+	for i, j := range at {
+		out[i] = x.kv[j]
+	}
+	return out
 }
 
 // wantPath wants one path and its ancestors (those where looks up for it).
