@@ -160,7 +160,7 @@ var hostileCases = []struct {
 	{
 		name: "invalid UTF-8",
 		yaml: hostileHead + "nodeName: caf\xe9\nmode: auto\n",
-		line: 4, col: 14, msg: "invalid YAML: yaml: invalid trailing UTF-8 octet (byte 0xe9 is not UTF-8)",
+		line: 4, col: 14, msg: "invalid YAML: yaml: invalid trailing UTF-8 octet (byte 0xe9 starts no valid UTF-8 character)",
 	},
 	{
 		name: "a control character",

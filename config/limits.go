@@ -96,7 +96,7 @@ func yamlProblem(file string, data []byte, err error) Problem {
 			if off, r, ok := badChar(data); ok {
 				at = offsetPos(data, off)
 				if r == utf8.RuneError {
-					msg += fmt.Sprintf(" (byte 0x%02x is not UTF-8)", data[off])
+					msg += fmt.Sprintf(" (byte 0x%02x starts no valid UTF-8 character)", data[off])
 				} else {
 					msg += fmt.Sprintf(" (character %U)", r)
 				}
