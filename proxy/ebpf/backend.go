@@ -56,7 +56,7 @@ type Options struct {
 	// the config). They get a tc ingress program that translates the replies of local
 	// backends to masqueraded flows (which come back to the node address) and routes them
 	// out to the client. An interface missing at New (the bridge is made with the first
-	// pod) is attached at a later full sync.
+	// pod) is attached at the first sync after it appears.
 	PodInterfaces []string
 	// NetnsDirs are where pods' network namespaces are bound (connected UDP sockets to a
 	// removed backend are destroyed in each); nil means DefaultNetnsDirs.
