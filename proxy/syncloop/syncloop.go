@@ -26,6 +26,9 @@ type Options struct {
 	Period time.Duration
 	// FullPeriod is how often a full resync is forced (default 1 h).
 	FullPeriod time.Duration
+	// HealthTimeout is how long a queued change may wait to be programmed before the loop
+	// stops being live (default 2 x Period, as kube-proxy's healthTimeout).
+	HealthTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the retry delay after a failed sync (defaults 1 s, 30 s).
 	MinBackoff, MaxBackoff time.Duration
 	Metrics                *metrics.Metrics // may be nil
@@ -43,6 +46,9 @@ func (o *Options) defaults() {
 	}
 	if o.FullPeriod <= 0 {
 		o.FullPeriod = time.Hour
+	}
+	if o.HealthTimeout <= 0 {
+		o.HealthTimeout = 2 * o.Period
 	}
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = time.Second
@@ -64,7 +70,9 @@ type Status struct {
 	// DesiredGeneration counts the states given to Update; AppliedGeneration is the
 	// generation of the state programmed by the last successful sync.
 	DesiredGeneration, AppliedGeneration uint64
-	// PendingSince is when the oldest change not yet programmed arrived (zero if none).
+	// PendingSince is when the oldest change not yet programmed was queued (zero if none): a
+	// new state, or a full sync requested or forced by a tamper check or the full period. Only
+	// a successful sync of everything queued clears it; failed or hung syncs leave it.
 	PendingSince time.Time
 	LastAttempt  time.Time
 	LastSuccess  time.Time
@@ -130,8 +138,17 @@ func (l *Loop) Update(st *model.State) uint64 {
 func (l *Loop) RequestFullSync() {
 	l.mu.Lock()
 	l.needFull = true
+	l.queuedLocked()
 	l.mu.Unlock()
 	l.trigger()
+}
+
+// queuedLocked records that a sync is owed (kube-proxy's QueuedUpdate): the oldest such time
+// is kept until a sync succeeds. With no state yet there is nothing to sync, so nothing is owed.
+func (l *Loop) queuedLocked() {
+	if l.desired != nil && l.pendingSince.IsZero() {
+		l.pendingSince = l.opts.Now()
+	}
 }
 
 func (l *Loop) trigger() {
@@ -151,17 +168,41 @@ func (l *Loop) Status() Status {
 	return s
 }
 
-// Healthy reports whether the last sync succeeded and no change has waited longer than it
-// should (the minimum interval plus the period, or the current retry backoff). Before the first
-// state arrives the loop is healthy but not ready.
+// Healthy reports whether the last sync succeeded and the loop is live (see Live). Before the
+// first state arrives the loop is healthy but not ready. `svcproxy status` and /readyz use it;
+// /livez and /healthz use Live, as kube-proxy does.
 func (l *Loop) Healthy() (bool, string) {
 	s := l.Status()
-	now := l.opts.Now()
 	if s.LastError != "" {
 		return false, "last sync failed: " + s.LastError
 	}
-	if !s.PendingSince.IsZero() && now.Sub(s.PendingSince) > l.opts.MinInterval+l.opts.Period {
-		return false, "a change has waited " + now.Sub(s.PendingSince).Round(time.Millisecond).String() + " to be programmed"
+	return Liveness(s, l.opts.Now(), l.opts.HealthTimeout)
+}
+
+// Live reports whether the loop is making progress: no change has been queued for
+// HealthTimeout or longer without being programmed (a wedged loop, a hung or always failing
+// backend). This is kube-proxy's proxier health, behind /livez and /healthz.
+func (l *Loop) Live() (bool, string) {
+	return Liveness(l.Status(), l.opts.Now(), l.opts.HealthTimeout)
+}
+
+// HealthTimeout returns the loop's health timeout (Options.HealthTimeout after defaults).
+func (l *Loop) HealthTimeout() time.Duration { return l.opts.HealthTimeout }
+
+// Liveness is the decision behind Live, a pure function of a snapshot and the time: not live
+// when s.PendingSince is set and at least timeout before now (kube-proxy: unhealthy when the
+// oldest queued update is not younger than healthTimeout). A failed last sync alone does not
+// count: its change stays pending and counts once it is old enough.
+func Liveness(s Status, now time.Time, timeout time.Duration) (bool, string) {
+	if s.PendingSince.IsZero() {
+		return true, ""
+	}
+	if waited := now.Sub(s.PendingSince); waited >= timeout {
+		why := "a change has waited " + waited.Round(time.Millisecond).String() + " to be programmed (health timeout " + timeout.String() + ")"
+		if s.LastError != "" {
+			why += "; last sync failed: " + s.LastError
+		}
+		return false, why
 	}
 	return true, ""
 }
@@ -247,9 +288,11 @@ func (l *Loop) verify(ctx context.Context) {
 			l.opts.Metrics.RulesTampered.Inc()
 		}
 		l.needFull = true
+		l.queuedLocked()
 	}
 	if l.opts.Now().Sub(l.status.LastFull) >= l.opts.FullPeriod {
 		l.needFull = true
+		l.queuedLocked()
 	}
 }
 

@@ -197,3 +197,119 @@ func TestEqualUpdateKeepsGeneration(t *testing.T) {
 		t.Fatalf("want 2 syncs, got %d", n)
 	}
 }
+
+// fakeClock is a settable clock for Options.Now.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Step(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// TestLiveness is the decision alone: a change queued and not yet programmed for at least the
+// health timeout makes the loop not live (kube-proxy's rule); nothing else does.
+func TestLiveness(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	const timeout = 60 * time.Second
+	for _, c := range []struct {
+		name    string
+		pending time.Time
+		lastErr string
+		want    bool
+	}{
+		{"nothing pending", time.Time{}, "", true},
+		{"nothing pending, last sync failed", time.Time{}, "kernel said no", true},
+		{"pending, younger than the timeout", now.Add(-59 * time.Second), "", true},
+		{"pending, failing but younger than the timeout", now.Add(-59 * time.Second), "kernel said no", true},
+		{"pending exactly the timeout", now.Add(-timeout), "", false},
+		{"pending, older than the timeout", now.Add(-10 * time.Minute), "", false},
+	} {
+		ok, why := Liveness(Status{PendingSince: c.pending, LastError: c.lastErr}, now, timeout)
+		if ok != c.want || (!ok && why == "") {
+			t.Errorf("%s: live=%v %q, want %v", c.name, ok, why, c.want)
+		}
+	}
+}
+
+// TestLiveWithFakeClock runs the loop with a fake clock: no state, a programmed state, a change
+// that a hung backend never finishes, and a sync that keeps failing and retrying.
+func TestLiveWithFakeClock(t *testing.T) {
+	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	opts := Options{MinInterval: time.Millisecond, Period: time.Hour, MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond, Now: clk.Now}
+
+	t.Run("default timeout is twice the period", func(t *testing.T) {
+		l := New(&fakeBackend{intact: true}, Options{Period: 7 * time.Second})
+		if l.HealthTimeout() != 14*time.Second {
+			t.Errorf("health timeout %v", l.HealthTimeout())
+		}
+	})
+	t.Run("no state yet", func(t *testing.T) {
+		l := start(t, &fakeBackend{intact: true}, opts)
+		clk.Step(time.Hour)
+		if ok, why := l.Live(); !ok {
+			t.Errorf("nothing queued: live=%v %q", ok, why)
+		}
+	})
+	t.Run("programmed", func(t *testing.T) {
+		l := start(t, &fakeBackend{intact: true}, opts)
+		l.Update(state(1))
+		waitFor(t, "sync", func() bool { return l.Status().AppliedGeneration == 1 })
+		clk.Step(3 * time.Hour)
+		if ok, why := l.Live(); !ok {
+			t.Errorf("everything programmed: live=%v %q", ok, why)
+		}
+	})
+	t.Run("hung backend", func(t *testing.T) {
+		b := &fakeBackend{intact: true, block: make(chan struct{}), entered: make(chan struct{}, 10)}
+		l := start(t, b, opts)
+		defer close(b.block)
+		l.Update(state(1))
+		<-b.entered
+		clk.Step(2*time.Hour - time.Second)
+		if ok, why := l.Live(); !ok {
+			t.Errorf("queued for less than the timeout: live=%v %q", ok, why)
+		}
+		clk.Step(time.Second)
+		if ok, _ := l.Live(); ok {
+			t.Error("a change queued for the whole timeout behind a hung sync must fail liveness")
+		}
+	})
+	t.Run("failing and retrying", func(t *testing.T) {
+		b := &fakeBackend{intact: true, fail: 1 << 30}
+		l := start(t, b, opts)
+		l.Update(state(1))
+		waitFor(t, "retries", func() bool { return len(b.calls()) >= 3 })
+		if ok, why := l.Live(); !ok {
+			t.Errorf("failing for less than the timeout: live=%v %q", ok, why)
+		}
+		clk.Step(2 * time.Hour)
+		n := len(b.calls())
+		waitFor(t, "more retries", func() bool { return len(b.calls()) > n })
+		if ok, _ := l.Live(); ok {
+			t.Error("a sync that keeps failing leaves the change unapplied: liveness must fail after the timeout")
+		}
+		if s := l.Status(); s.PendingSince.IsZero() {
+			t.Error("PendingSince must stay set while retries fail")
+		}
+	})
+	t.Run("forced full sync that fails", func(t *testing.T) {
+		b := &fakeBackend{intact: true}
+		l := start(t, b, opts)
+		l.Update(state(1))
+		waitFor(t, "sync", func() bool { return l.Status().AppliedGeneration == 1 })
+		b.mu.Lock()
+		b.fail = 1 << 30
+		b.mu.Unlock()
+		l.RequestFullSync()
+		waitFor(t, "failed full sync", func() bool { return l.Status().LastError != "" })
+		clk.Step(2 * time.Hour)
+		if ok, _ := l.Live(); ok {
+			t.Error("a requested full sync that never succeeds must fail liveness after the timeout")
+		}
+	})
+}
