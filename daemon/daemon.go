@@ -215,7 +215,7 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 		MinInterval: d.cfg.MinSyncPeriod, Period: d.cfg.SyncPeriod, Metrics: d.metrics, Logger: d.log,
 	})
 	d.checker = healthcheck.New(ctx, nil, d.requestRepublish, d.log)
-	d.hcnp = healthserver.New(d.log)
+	d.hcnp = healthserver.New(d.log, d.proxyLive)
 	defer d.hcnp.Close()
 	if d.routes, err = routes.New(); err != nil {
 		return err

@@ -36,6 +36,12 @@ func (d *Daemon) healthHandler() http.Handler {
 	return mux
 }
 
+// proxyLive is the proxy's health for the health-check node ports (serviceProxyHealthy).
+func (d *Daemon) proxyLive() bool {
+	ok, _ := d.loop.Live()
+	return ok
+}
+
 func (d *Daemon) writeHealth(w http.ResponseWriter, ok bool, why string) {
 	s := d.loop.Status()
 	body := map[string]any{"lastUpdated": s.LastSuccess, "currentTime": time.Now(), "nodeName": d.cfg.NodeName, "mode": d.backend.Name()}

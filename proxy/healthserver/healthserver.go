@@ -1,7 +1,10 @@
 // Package healthserver answers load balancers' health checks on each service's
 // healthCheckNodePort (LoadBalancer services with externalTrafficPolicy Local), the way
-// kube-proxy does: 200 while this node has a usable local endpoint for the service, 503
-// otherwise, so the load balancer only sends traffic to nodes that can serve it locally.
+// kube-proxy does: 200 while this node has a ready local endpoint for the service and the proxy
+// itself is healthy, 503 otherwise, so the load balancer only sends traffic to nodes that can
+// serve it locally. The body is kube-proxy's ({"service": {"namespace", "name"},
+// "localEndpoints": N, "serviceProxyHealthy": bool}) and the header
+// X-Load-Balancing-Endpoint-Weight carries N.
 package healthserver
 
 import (
@@ -12,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -19,20 +23,25 @@ import (
 	"github.com/svcproxy/svcproxy/proxy/model"
 )
 
-// Want lists, per health-check node port, the service it answers for and its local endpoint
-// count, from st.
+// Want lists, per health-check node port, the service it answers for and its number of ready
+// local endpoints, from st. As kube-proxy: only ready endpoints on this node count (a node whose
+// local endpoints are all terminating, even if still serving, answers 503 so that the load
+// balancer drains it), each address once across the service's ports.
 func Want(st *model.State) map[uint16]Entry {
 	out := map[uint16]Entry{}
 	for _, s := range st.Services {
 		if s.HealthCheckNodePort == 0 || !s.ExternalTrafficPolicyLocal || !s.ExternallyReachable() {
 			continue
 		}
-		n := 0
+		ready := map[netip.Addr]struct{}{}
 		for i := range s.Ports {
-			c := model.CategorizeEndpoints(s, &s.Ports[i], st.NodeName, st.Zone)
-			n = max(n, len(c.Local))
+			for _, e := range s.Ports[i].Endpoints {
+				if e.Ready && e.NodeName == st.NodeName {
+					ready[e.IP] = struct{}{}
+				}
+			}
 		}
-		out[s.HealthCheckNodePort] = Entry{Service: s.Key, LocalEndpoints: n}
+		out[s.HealthCheckNodePort] = Entry{Service: s.Key, LocalEndpoints: len(ready)}
 	}
 	return out
 }
@@ -43,23 +52,41 @@ type Entry struct {
 	LocalEndpoints int
 }
 
+// answer is the body of a health check answer, kube-proxy's.
+type answer struct {
+	Service             serviceName `json:"service"`
+	LocalEndpoints      int         `json:"localEndpoints"`
+	ServiceProxyHealthy bool        `json:"serviceProxyHealthy"`
+}
+
+type serviceName struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+}
+
 // Server runs one listener per health-check node port.
 type Server struct {
 	log *slog.Logger
 	// Listen opens a listener for a port (default: TCP on every address).
-	listen func(port uint16) (net.Listener, error)
+	listen       func(port uint16) (net.Listener, error)
+	proxyHealthy func() bool
 
 	mu        sync.Mutex
 	entries   map[uint16]Entry
 	listeners map[uint16]*http.Server
 }
 
-// New returns a server with nothing to serve yet.
-func New(log *slog.Logger) *Server {
+// New returns a server with nothing to serve yet. proxyHealthy reports whether the proxy
+// itself is healthy (the sync loop's Live; nil: always); while it is not, every port answers
+// 503 with serviceProxyHealthy false.
+func New(log *slog.Logger, proxyHealthy func() bool) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{log: log, entries: map[uint16]Entry{}, listeners: map[uint16]*http.Server{},
+	if proxyHealthy == nil {
+		proxyHealthy = func() bool { return true }
+	}
+	return &Server{log: log, proxyHealthy: proxyHealthy, entries: map[uint16]Entry{}, listeners: map[uint16]*http.Server{},
 		listen: func(port uint16) (net.Listener, error) {
 			return net.Listen("tcp", ":"+strconv.Itoa(int(port)))
 		}}
@@ -108,17 +135,16 @@ func (s *Server) handler(port uint16) http.Handler {
 		s.mu.Lock()
 		e, ok := s.entries[port]
 		s.mu.Unlock()
+		healthy := s.proxyHealthy()
 		code := http.StatusOK
-		if !ok || e.LocalEndpoints == 0 {
+		if !ok || e.LocalEndpoints == 0 || !healthy {
 			code = http.StatusServiceUnavailable
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(e.LocalEndpoints))
 		w.WriteHeader(code)
-		_ = json.NewEncoder(w).Encode(map[string]any{
-			"service":             map[string]string{"namespace": e.Service.Namespace, "name": e.Service.Name},
-			"localEndpoints":      e.LocalEndpoints,
-			"serviceProxyHealthy": true,
-		})
+		_ = json.NewEncoder(w).Encode(answer{Service: serviceName{e.Service.Namespace, e.Service.Name},
+			LocalEndpoints: e.LocalEndpoints, ServiceProxyHealthy: healthy})
 	})
 }
