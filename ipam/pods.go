@@ -18,11 +18,14 @@ import (
 
 // PodOwner identifies a pod attachment (CNI's containerID + ifname) and says which pod it is.
 type PodOwner struct {
-	ContainerID string            `json:"containerID"`
-	IfName      string            `json:"ifName"`
-	Namespace   string            `json:"namespace,omitempty"`
-	Name        string            `json:"name,omitempty"`
-	Labels      map[string]string `json:"labels,omitempty"`
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+	Namespace   string `json:"namespace,omitempty"`
+	Name        string `json:"name,omitempty"`
+	// UID is the pod's UID (CNI_ARGS K8S_POD_UID, or looked up in the API by namespace/name
+	// at allocation); empty in records made before it was kept, and outside Kubernetes.
+	UID    string            `json:"uid,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 func (o PodOwner) String() string {
@@ -264,6 +267,7 @@ func wrapPodErr(o PodOwner, err error) error {
 func sameMeta(have, want PodOwner) bool {
 	return (want.Namespace == "" || want.Namespace == have.Namespace) &&
 		(want.Name == "" || want.Name == have.Name) &&
+		(want.UID == "" || want.UID == have.UID) &&
 		(want.Labels == nil || maps.Equal(want.Labels, have.Labels))
 }
 
@@ -274,6 +278,9 @@ func mergeMeta(have, want PodOwner) PodOwner {
 	}
 	if want.Name != "" {
 		have.Name = want.Name
+	}
+	if want.UID != "" {
+		have.UID = want.UID
 	}
 	if want.Labels != nil {
 		have.Labels = maps.Clone(want.Labels)
@@ -474,58 +481,6 @@ func (a *PodAllocator) rangesString() string {
 		ids[i] = sp.id
 	}
 	return strings.Join(ids, ", ")
-}
-
-// GC frees every pod allocation whose attachment is not in valid (CNI GC's
-// cni.dev/valid-attachments), also those made under earlier pod ranges, and returns what it
-// freed. Freed addresses cool down as after ReleasePod.
-func (a *PodAllocator) GC(ctx context.Context, valid []Attachment) ([]PodAllocation, error) {
-	keep := make(map[string]bool, len(valid))
-	for _, v := range valid {
-		keep[podKey(v.ContainerID, v.IfName)] = true
-	}
-	var freed []PodAllocation
-	err := a.s.update(ctx, func(tx *bolt.Tx) error {
-		now := a.s.now()
-		type victim struct {
-			key string
-			pr  *podRecord
-		}
-		var victims []victim
-		err := tx.Bucket(bucketPods).ForEach(func(k, v []byte) error {
-			if keep[string(k)] {
-				return nil
-			}
-			pr := &podRecord{}
-			if err := json.Unmarshal(v, pr); err != nil {
-				return fmt.Errorf("decode pod record %q: %w", k, err)
-			}
-			victims = append(victims, victim{string(k), pr})
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, v := range victims {
-			if err := a.s.releasePod(tx, v.key, v.pr, now); err != nil {
-				return err
-			}
-			freed = append(freed, v.pr.allocation())
-		}
-		for _, name := range []string{"pod4", "pod6"} {
-			if err := getPool(tx, name).purgeCooled(now, a.s.podCooldown); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("ipam: gc: %w", err)
-	}
-	for _, f := range freed {
-		a.s.log.Info("ipam: gc freed pod allocation", "owner", f.Owner.String(), "ips", f.IPs)
-	}
-	return freed, nil
 }
 
 // PodUsage is the pod allocator's status.

@@ -325,14 +325,20 @@ func TestPodReleaseUnknownCheckAndRangeChange(t *testing.T) {
 
 func TestPodGC(t *testing.T) {
 	ctx := context.Background()
-	s := openStore(t, t.TempDir(), newFakeClock(), Options{})
+	mono := &monoClock{}
+	s := openStore(t, t.TempDir(), newFakeClock(), Options{Mono: mono.Now})
 	a := podAlloc(t, s, "node1", "10.244.1.0/24")
 	for _, id := range []string{"a", "b", "c", "d"} {
 		if _, err := a.AllocatePod(ctx, owner(id)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	freed, err := a.GC(ctx, []Attachment{{"b", "eth0"}, {"d", "eth0"}, {"zzz", "eth0"}})
+	valid := []Attachment{{"b", "eth0"}, {"d", "eth0"}, {"zzz", "eth0"}}
+	if freed, err := a.GC(ctx, valid); err != nil || len(freed) != 0 {
+		t.Fatalf("first GC = %v, %v; want nothing freed before the grace period", freed, err)
+	}
+	mono.Advance(DefaultPodGCGrace)
+	freed, err := a.GC(ctx, valid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,8 +353,8 @@ func TestPodGC(t *testing.T) {
 	if len(pods) != 2 || pods[0].Name != "pod-b" || pods[1].Name != "pod-d" {
 		t.Fatalf("pods after GC = %+v, want b and d", pods)
 	}
-	if freed, err := a.GC(ctx, nil); err != nil || len(freed) != 2 {
-		t.Fatalf("GC(nil) freed %d (%v), want 2", len(freed), err)
+	if freed, err := a.GC(ctx, nil); !errors.Is(err, ErrGCRefused) || len(freed) != 0 {
+		t.Fatalf("GC(nil) freed %d (%v), want none and ErrGCRefused", len(freed), err)
 	}
 }
 

@@ -50,6 +50,14 @@ type Options struct {
 	// Logger receives a line per release done on the store's own initiative (grace expiry,
 	// GC); nil means slog.Default().
 	Logger *slog.Logger
+	// Mono is the monotonic clock GC measures its grace period on: time elapsed since some
+	// fixed point of this process. nil means the monotonic reading of time.Now. Tests inject
+	// one that does not follow Now, so that Now can jump.
+	Mono func() time.Duration
+	// PodGCGrace is how long CNI GC must see an attachment missing from the runtime's list
+	// (measured on Mono, by this process) before it frees it; 0 or less means
+	// DefaultPodGCGrace.
+	PodGCGrace time.Duration
 }
 
 // Store is the persistent allocation state of one node, a bbolt database in the state
@@ -64,6 +72,9 @@ type Store struct {
 	now         func() time.Time
 	podCooldown time.Duration
 	log         *slog.Logger
+	// cniGC tracks, for CNI GC, since when each allocation has been missing from the
+	// runtime's list.
+	cniGC *GCTracker
 }
 
 // Open opens (creating it when missing) the store in directory dir. It fails when dir cannot be
@@ -89,6 +100,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.cniGC = NewGCTracker(opts.PodGCGrace, opts.Mono)
 	lt := opts.LockTimeout
 	if lt <= 0 {
 		lt = DefaultLockTimeout
