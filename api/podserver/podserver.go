@@ -37,6 +37,10 @@ var (
 	// ErrNotReady: the IPAM cannot answer yet (e.g. this node's pod range is not known); every
 	// call answers 503 with api.CodeTryAgainLater, so the runtime retries.
 	ErrNotReady = errors.New("pod IPAM not ready")
+	// ErrGCRefused: GC would free what may still be in use (an empty list of valid
+	// attachments while pods are allocated); nothing was freed. GC answers 409 with
+	// api.CodeTryAgainLater and the reason.
+	ErrGCRefused = errors.New("pod GC refused")
 )
 
 // writeIPAMError answers an error of the PodIPAM: ErrNotReady as "try again later", anything
@@ -62,7 +66,10 @@ type Pod struct {
 	Attachment
 	Namespace string
 	Name      string
-	Labels    map[string]string
+	// UID is the pod's UID when known (CNI_ARGS K8S_POD_UID, or the daemon's API view);
+	// cluster GC matches allocations to pods by it.
+	UID    string
+	Labels map[string]string
 	// Netns is the path of the pod's network namespace, for the record.
 	Netns string
 }
@@ -86,7 +93,9 @@ type PodIPAM interface {
 	Release(ctx context.Context, a Attachment) error
 	// Check returns the addresses held by a, or an error matching ErrNotFound.
 	Check(ctx context.Context, a Attachment) ([]netip.Addr, error)
-	// GC frees every pod allocation whose attachment is not in valid and returns them.
+	// GC frees pod allocations whose attachment is not in valid and returns them. It may free
+	// fewer than that (a grace period, a cap per call) and may refuse with an error matching
+	// ErrGCRefused (e.g. an empty valid while pods are allocated).
 	GC(ctx context.Context, valid []Attachment) ([]Released, error)
 	// Ready returns nil when every pod range can serve one more allocation, else an error
 	// saying why not (e.g. "no free pod IP left in 10.244.1.0/24").
@@ -363,6 +372,11 @@ func (s *Server) gc(w http.ResponseWriter, r *http.Request) {
 		valid = append(valid, Attachment(a))
 	}
 	released, err := s.ipam.GC(r.Context(), valid)
+	if errors.Is(err, ErrGCRefused) {
+		s.log.Warn("pod GC refused", "validAttachments", len(valid), "err", err)
+		api.WriteError(w, http.StatusConflict, api.CodeTryAgainLater, fmt.Errorf("garbage-collecting pod IPs: %w", err))
+		return
+	}
 	if err != nil {
 		writeIPAMError(w, fmt.Errorf("garbage-collecting pod IPs: %w", err))
 		return

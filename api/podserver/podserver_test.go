@@ -2,6 +2,7 @@ package podserver_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -78,5 +79,23 @@ func TestNotReadyMeansTryAgainLater(t *testing.T) {
 		if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"code": 11`) {
 			t.Errorf("%s: %d %s, want 503 with code 11", tc.path, rec.Code, rec.Body.String())
 		}
+	}
+}
+
+// gcRefuser refuses GC, as the store does for an empty list while pods are allocated.
+type gcRefuser struct{ notReady }
+
+func (gcRefuser) GC(context.Context, []podserver.Attachment) ([]podserver.Released, error) {
+	return nil, fmt.Errorf("%w: the runtime listed no valid attachment while this node holds 3 pod allocations", podserver.ErrGCRefused)
+}
+
+// TestGCRefused: a GC the IPAM refuses (empty list, pods allocated) answers 409 with CNI code
+// 11 and the reason, not a generic I/O failure.
+func TestGCRefused(t *testing.T) {
+	n := podserver.Network{Bridge: "svc0", Ranges: []podserver.Range{{Prefix: netip.MustParsePrefix("10.244.1.0/24"), Gateway: netip.MustParseAddr("10.244.1.1")}}}
+	rec := httptest.NewRecorder()
+	podserver.New(gcRefuser{}, n, nil).ServeHTTP(rec, httptest.NewRequest(http.MethodPost, api.PathPodsGC, strings.NewReader(`{"validAttachments": []}`)))
+	if rec.Code != http.StatusConflict || !strings.Contains(rec.Body.String(), `"code": 11`) || !strings.Contains(rec.Body.String(), "no valid attachment") {
+		t.Fatalf("GC refused: %d %s, want 409 with code 11 and the reason", rec.Code, rec.Body.String())
 	}
 }
