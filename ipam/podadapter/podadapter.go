@@ -24,7 +24,7 @@ func New(a *ipam.PodAllocator) Adapter { return Adapter{A: a} }
 // Allocate implements podserver.PodIPAM: the pod's addresses, one per address family.
 func (d Adapter) Allocate(ctx context.Context, p podserver.Pod) ([]netip.Addr, error) {
 	al, err := d.A.AllocatePod(ctx, ipam.PodOwner{ContainerID: p.ContainerID, IfName: p.IfName,
-		Namespace: p.Namespace, Name: p.Name, Labels: p.Labels})
+		Namespace: p.Namespace, Name: p.Name, UID: p.UID, Labels: p.Labels})
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -46,7 +46,8 @@ func (d Adapter) Check(ctx context.Context, a podserver.Attachment) ([]netip.Add
 	return addrs(al.IPs), nil
 }
 
-// GC implements podserver.PodIPAM.
+// GC implements podserver.PodIPAM: ipam's CNI GC (grace period, cap per call, an empty list
+// refused with an error matching podserver.ErrGCRefused).
 func (d Adapter) GC(ctx context.Context, valid []podserver.Attachment) ([]podserver.Released, error) {
 	v := make([]ipam.Attachment, len(valid))
 	for i, a := range valid {
@@ -105,6 +106,8 @@ func mapErr(err error) error {
 		return mapped{err, podserver.ErrExhausted}
 	case errors.Is(err, ipam.ErrNotFound):
 		return mapped{err, podserver.ErrNotFound}
+	case errors.Is(err, ipam.ErrGCRefused):
+		return mapped{err, podserver.ErrGCRefused}
 	}
 	return err
 }

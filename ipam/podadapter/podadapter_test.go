@@ -24,7 +24,7 @@ func TestAdapter(t *testing.T) {
 		t.Fatal(err)
 	}
 	var d podserver.PodIPAM = New(a)
-	pod := podserver.Pod{Attachment: podserver.Attachment{ContainerID: "c1", IfName: "eth0"}, Namespace: "default", Name: "web"}
+	pod := podserver.Pod{Attachment: podserver.Attachment{ContainerID: "c1", IfName: "eth0"}, Namespace: "default", Name: "web", UID: "uid-web"}
 	got, err := d.Allocate(ctx, pod)
 	if err != nil || len(got) != 2 || got[0].String() != "10.244.1.2" || got[1].String() != "fd00:1::2" {
 		t.Fatalf("Allocate = %v, %v", got, err)
@@ -45,9 +45,11 @@ func TestAdapter(t *testing.T) {
 	if err := d.Release(ctx, podserver.Attachment{ContainerID: "nope", IfName: "eth0"}); err != nil {
 		t.Fatalf("Release(unknown) = %v", err)
 	}
-	rel, err := d.GC(ctx, nil)
-	if err != nil || len(rel) != 1 || rel[0].Name != "web" || len(rel[0].Addrs) != 2 {
-		t.Fatalf("GC = %+v, %v", rel, err)
+	if rel, err := d.GC(ctx, nil); !errors.Is(err, podserver.ErrGCRefused) || len(rel) != 0 {
+		t.Fatalf("GC(empty list) with a pod allocated = %+v, %v; want nothing freed and podserver.ErrGCRefused", rel, err)
+	}
+	if st, err := a.Status(ctx); err != nil || len(st.Pods) != 1 || st.Pods[0].Owner.UID != "uid-web" {
+		t.Fatalf("Status = %+v, %v; want the pod with its UID", st.Pods, err)
 	}
 	if r := New(a).Ranges(); r[0].Prefix.String() != "10.244.1.0/30" || r[0].Gateway.String() != "10.244.1.1" || r[1].Gateway.String() != "fd00:1::1" {
 		t.Fatalf("Ranges = %+v", r)
