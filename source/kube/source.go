@@ -110,6 +110,7 @@ type Source struct {
 
 	started     atomic.Bool
 	synced      atomic.Bool
+	nodeSeen    atomic.Bool  // this node's Node has been in the cache
 	lastContact atomic.Int64 // unix nanoseconds; 0 = never
 	state       atomic.Pointer[model.State]
 
@@ -218,8 +219,8 @@ func New(client kubernetes.Interface, opts Options) *Source {
 		DeleteFunc: func(obj any) { s.sliceEvent(nil, obj, true) },
 	})
 	_, _ = s.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { s.mark(func() { s.nodesDirty = true }) },
-		UpdateFunc: func(any, any) { s.mark(func() { s.nodesDirty = true }) },
+		AddFunc:    func(obj any) { s.noteNode(obj); s.mark(func() { s.nodesDirty = true }) },
+		UpdateFunc: func(_, obj any) { s.noteNode(obj); s.mark(func() { s.nodesDirty = true }) },
 		DeleteFunc: func(any) { s.mark(func() { s.nodesDirty = true }) },
 	})
 	_, _ = s.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -551,6 +552,42 @@ func (s *Source) refresh(k model.ServiceKey) bool {
 	}
 	s.converted[k] = m
 	return true
+}
+
+// ToBeDeletedTaint is the taint the cluster autoscaler puts on a node it is about to remove;
+// such a node fails /healthz (KEP-3836) so that load balancers drain it first.
+const ToBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
+
+func (s *Source) noteNode(obj any) {
+	if n, ok := obj.(*corev1.Node); ok && n.Name == s.opts.NodeName {
+		s.nodeSeen.Store(true)
+	}
+}
+
+// NodeEligible reports whether this node should receive load-balancer traffic, from its Node
+// in the cache, as kube-proxy's /healthz (KEP-3836): not while the Node is being deleted
+// (deletionTimestamp set) or carries the ToBeDeletedByClusterAutoscaler taint, nor once a Node
+// seen before is gone. Unlike kube-proxy, a Node never seen yet (the node not registered, or
+// the first list not done) counts as eligible: svcproxy serves before its Node exists.
+func (s *Source) NodeEligible() (bool, string) {
+	obj, found, err := s.nodes.GetStore().GetByKey(s.opts.NodeName)
+	n, ok := obj.(*corev1.Node)
+	if err != nil || !found || !ok {
+		if s.nodeSeen.Load() {
+			return false, "Node " + s.opts.NodeName + " was deleted"
+		}
+		return true, ""
+	}
+	s.nodeSeen.Store(true)
+	if n.DeletionTimestamp != nil {
+		return false, "Node " + s.opts.NodeName + " is being deleted (since " + n.DeletionTimestamp.UTC().Format(time.RFC3339) + ")"
+	}
+	for _, t := range n.Spec.Taints {
+		if t.Key == ToBeDeletedTaint {
+			return false, "Node " + s.opts.NodeName + " has the " + ToBeDeletedTaint + " taint"
+		}
+	}
+	return true, ""
 }
 
 // readNodes derives this node's zone and pod ranges, and the list of the other nodes, from the

@@ -449,3 +449,70 @@ func TestSourceTriggerTimes(t *testing.T) {
 		t.Errorf("after delete: service %v trigger times %v", st.Service(key), st.TriggerTimes)
 	}
 }
+
+// TestSourceNodeEligible: as kube-proxy's /healthz (KEP-3836), this node is not eligible for
+// load-balancer traffic while its Node is being deleted or carries the cluster autoscaler's
+// ToBeDeletedByClusterAutoscaler taint, nor once its Node is gone. A node whose Node was
+// never seen (registered later, as in the CNI-before-pod-range flow) stays eligible.
+func TestSourceNodeEligible(t *testing.T) {
+	r := startFake(t, Options{}, node("node1", "172.31.0.2", "", "10.244.1.0/24"))
+	r.next()
+	ctx := context.Background()
+	eventually := func(what string, want bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			ok, why := r.src.NodeEligible()
+			if ok == want && (ok || why != "") {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: eligible=%v %q, want %v", what, ok, why, want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	eventually("a plain node", true)
+	update := func(f func(n *corev1.Node)) {
+		t.Helper()
+		n, err := r.client.CoreV1().Nodes().Get(ctx, "node1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f(n)
+		if _, err := r.client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	update(func(n *corev1.Node) {
+		n.Spec.Taints = []corev1.Taint{{Key: "other", Effect: corev1.TaintEffectNoSchedule}}
+	})
+	time.Sleep(50 * time.Millisecond)
+	eventually("another taint", true)
+	update(func(n *corev1.Node) {
+		n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: "ToBeDeletedByClusterAutoscaler", Value: "1700000000", Effect: corev1.TaintEffectNoSchedule})
+	})
+	eventually("tainted ToBeDeletedByClusterAutoscaler", false)
+	update(func(n *corev1.Node) { n.Spec.Taints = nil })
+	eventually("taint removed", true)
+	update(func(n *corev1.Node) {
+		now := metav1.Now()
+		n.DeletionTimestamp = &now
+		n.Finalizers = []string{"example.com/hold"}
+	})
+	eventually("being deleted", false)
+	update(func(n *corev1.Node) { n.DeletionTimestamp = nil })
+	eventually("deletion cleared", true)
+	if err := r.client.CoreV1().Nodes().Delete(ctx, "node1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually("deleted", false)
+}
+
+func TestSourceNodeEligibleBeforeRegistration(t *testing.T) {
+	r := startFake(t, Options{}, node("node2", "172.31.0.3", "", "10.244.2.0/24"))
+	r.next()
+	if ok, why := r.src.NodeEligible(); !ok {
+		t.Errorf("a node not registered yet: eligible=%v %q, want true", ok, why)
+	}
+}
