@@ -396,6 +396,41 @@ func (s *Source) Pod(namespace, name string) (model.Pod, bool) {
 	return podModel(p), true
 }
 
+// PodIdentity is a pod of this node as pod IP GC matches it: by UID, by namespace/name for
+// allocations recorded without one.
+type PodIdentity struct {
+	Namespace, Name, UID string
+}
+
+// PodIdentities returns the pods of this node (every one the cache holds, also those being
+// deleted: their IPs may still be in use) with their UIDs.
+func (s *Source) PodIdentities() []PodIdentity {
+	objs := s.pods.GetStore().List()
+	out := make([]PodIdentity, 0, len(objs))
+	for _, obj := range objs {
+		if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName == s.opts.NodeName {
+			out = append(out, PodIdentity{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)})
+		}
+	}
+	return out
+}
+
+// PodUID returns the UID of pod namespace/name of this node, or "" when the cache does not
+// hold it or holds it being deleted or terminated (then the pod a CNI ADD is for is likely a
+// newer one of the same name that the cache has not seen yet).
+func (s *Source) PodUID(namespace, name string) string {
+	obj, ok, err := s.pods.GetStore().GetByKey(namespace + "/" + name)
+	if err != nil || !ok {
+		return ""
+	}
+	p, ok := obj.(*corev1.Pod)
+	if !ok || p.Spec.NodeName != s.opts.NodeName || p.DeletionTimestamp != nil ||
+		p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return ""
+	}
+	return string(p.UID)
+}
+
 func podModel(p *corev1.Pod) model.Pod {
 	m := model.Pod{
 		Namespace: p.Namespace,

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -514,5 +516,31 @@ func TestSourceNodeEligibleBeforeRegistration(t *testing.T) {
 	r.next()
 	if ok, why := r.src.NodeEligible(); !ok {
 		t.Errorf("a node not registered yet: eligible=%v %q, want true", ok, why)
+	}
+}
+
+// PodIdentities and PodUID give pod IP GC and allocation the pods' UIDs.
+func TestSourcePodUIDs(t *testing.T) {
+	live := pod("ns", "web", "node1", "10.244.1.5", nil)
+	live.UID = "uid-web"
+	gone := pod("ns", "old", "node1", "10.244.1.6", nil)
+	gone.UID = "uid-old"
+	gone.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	other := pod("ns", "else", "node2", "10.244.2.5", nil)
+	other.UID = "uid-else"
+	r := startFake(t, Options{}, live, gone, other)
+	r.next()
+	ids := r.src.PodIdentities()
+	slices.SortFunc(ids, func(a, b PodIdentity) int { return strings.Compare(a.Name, b.Name) })
+	if len(ids) != 2 || ids[0] != (PodIdentity{"ns", "old", "uid-old"}) || ids[1] != (PodIdentity{"ns", "web", "uid-web"}) {
+		t.Fatalf("PodIdentities = %+v", ids)
+	}
+	if u := r.src.PodUID("ns", "web"); u != "uid-web" {
+		t.Fatalf("PodUID(web) = %q", u)
+	}
+	for _, n := range []string{"old", "else", "nope"} {
+		if u := r.src.PodUID("ns", n); u != "" {
+			t.Fatalf("PodUID(%s) = %q, want empty", n, u)
+		}
 	}
 }
