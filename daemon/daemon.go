@@ -72,6 +72,10 @@ type Daemon struct {
 	checker *healthcheck.Checker
 	routes  *routes.Manager
 	hcnp    *healthserver.Server
+	// podGC tracks since when cluster pod GC has seen each allocation's pod missing; made
+	// once, by podGCTracker.
+	podGC     *ipam.GCTracker
+	podGCOnce sync.Once
 
 	republish chan struct{}
 

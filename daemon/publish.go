@@ -221,7 +221,7 @@ func (n notifyingIPAM) GC(ctx context.Context, valid []podserver.Attachment) ([]
 }
 
 // runPodGC frees the pod IPs whose pod no longer exists on this node, every minute (or every
-// half podGCGracePeriod when that is shorter).
+// half podGCGracePeriod when that is shorter). See clusterPodGC for the policy.
 func (d *Daemon) runPodGC(ctx context.Context) error {
 	every := time.Minute
 	if g := d.cfg.PodGCGracePeriod / 2; g > 0 && g < every {
@@ -239,33 +239,16 @@ func (d *Daemon) runPodGC(ctx context.Context) error {
 	}
 }
 
-// gcPods frees pod IPs whose pod is gone from the API (cluster mode, cache synced only) and
-// whose allocation is older than podGCGracePeriod (the informer cache can lag behind a pod
-// that was just created).
+// gcPods frees pod IPs whose pod (by UID) has been gone from the API for podGCGracePeriod on
+// the monotonic clock (cluster mode; nothing while the API view is stale), at most half of the
+// allocations per pass.
 func (d *Daemon) gcPods(ctx context.Context) {
 	pods := d.pods.Load()
-	if pods == nil || d.kube == nil || !d.kube.Synced() {
+	if pods == nil || d.kube == nil {
 		return
 	}
-	live := map[[2]string]bool{}
-	for _, p := range d.kube.Pods() {
-		live[[2]string{p.Namespace, p.Name}] = true
-	}
-	usage, err := pods.Status(ctx)
-	if err != nil {
-		d.log.Error("pod GC: reading IPAM", "err", err)
-		return
-	}
-	for _, a := range usage.Pods {
-		o := a.Owner
-		if o.Name == "" || live[[2]string{o.Namespace, o.Name}] || time.Since(a.Allocated) < d.cfg.PodGCGracePeriod {
-			continue
-		}
-		if _, err := pods.ReleasePodGeneration(ctx, o.ContainerID, o.IfName, a.Generation); err != nil {
-			d.log.Error("pod GC: release", "pod", o.Namespace+"/"+o.Name, "err", err)
-			continue
-		}
-		d.log.Info("pod GC: freed the IPs of a pod that no longer exists", "pod", o.Namespace+"/"+o.Name, "container", o.ContainerID)
+	if len(clusterPodGC(ctx, pods, d.podGCTracker(), d.kube, d.log)) > 0 {
+		d.requestRepublish()
 	}
 }
 
@@ -299,6 +282,12 @@ func (l lazyPodIPAM) Allocate(ctx context.Context, p podserver.Pod) ([]netip.Add
 	a, err := l.get()
 	if err != nil {
 		return nil, err
+	}
+	if p.UID == "" && p.Name != "" && l.d.kube != nil {
+		// The runtime passed no K8S_POD_UID: record the UID the API view has for the pod (none
+		// when the cache holds it being deleted: then the ADD is likely for a newer pod of the
+		// same name), so that cluster GC matches the allocation by UID.
+		p.UID = l.d.kube.PodUID(p.Namespace, p.Name)
 	}
 	return a.Allocate(ctx, p)
 }
