@@ -7,6 +7,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/api"
 	"github.com/svcproxy/svcproxy/api/podserver"
+	"github.com/svcproxy/svcproxy/proxy/syncloop"
 )
 
 func (d *Daemon) metricsHandler() http.Handler {
@@ -15,51 +16,117 @@ func (d *Daemon) metricsHandler() http.Handler {
 	return mux
 }
 
-// healthHandler serves /healthz (last sync good, none overdue), /livez and /readyz (a first
-// sync succeeded). In cluster mode an API outage does not fail them (the rules stay right as of
-// the last view, and failing every node at once would empty load balancers); the body says
-// the view is stale.
+// healthHandler serves kube-proxy's /livez and /healthz, and /readyz:
+//   - /livez: 503 when a change has been queued for the health timeout (2 x syncPeriod) without
+//     being programmed (a wedged sync loop, a hung or always failing backend), so that the
+//     kubelet restarts the daemon; 200 otherwise.
+//   - /healthz: as /livez, and in cluster mode also 503 while this node's Node is being deleted
+//     or tainted ToBeDeletedByClusterAutoscaler (KEP-3836), so that load balancers drain it.
+//   - /readyz: 200 once a first sync succeeded and the last one did not fail.
+//
+// In cluster mode an API outage fails none of them (the rules stay right as of the last view,
+// and failing every node at once would empty load balancers); the body says the view is stale.
 func (d *Daemon) healthHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		ok, why := d.loop.Healthy()
-		d.writeHealth(w, ok, why)
-	})
-	mux.HandleFunc("/livez", func(w http.ResponseWriter, r *http.Request) { d.writeHealth(w, true, "") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		ok, why := d.loop.Healthy()
-		if !d.loop.Ready() {
-			ok, why = false, "no sync has succeeded yet"
-		}
-		d.writeHealth(w, ok, why)
-	})
+	for _, path := range []string{"/livez", "/healthz", "/readyz"} {
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			code, body := healthAnswer(d.healthInput(path))
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			api.WriteJSON(w, code, body)
+		})
+	}
 	return mux
 }
 
-// proxyLive is the proxy's health for the health-check node ports (serviceProxyHealthy).
-func (d *Daemon) proxyLive() bool {
-	ok, _ := d.loop.Live()
-	return ok
+// healthInput is everything a health answer depends on.
+type healthInput struct {
+	path           string // /livez, /healthz or /readyz
+	now            time.Time
+	nodeName, mode string
+	loop           syncloop.Status
+	healthTimeout  time.Duration
+	live           bool // syncloop Live
+	liveWhy        string
+	healthy        bool // syncloop Healthy (Live and the last sync succeeded)
+	healthyWhy     string
+	ready          bool // a first sync succeeded
+	// Cluster mode only.
+	cluster     bool
+	eligible    bool // kube.Source NodeEligible
+	eligibleWhy string
+	stale       bool
+	lastContact time.Time
+	apiErr      error
 }
 
-func (d *Daemon) writeHealth(w http.ResponseWriter, ok bool, why string) {
-	s := d.loop.Status()
-	body := map[string]any{"lastUpdated": s.LastSuccess, "currentTime": time.Now(), "nodeName": d.cfg.NodeName, "mode": d.backend.Name()}
+func (d *Daemon) healthInput(path string) healthInput {
+	in := healthInput{path: path, now: time.Now(), nodeName: d.cfg.NodeName, mode: d.backend.Name(),
+		loop: d.loop.Status(), healthTimeout: d.loop.HealthTimeout(), ready: d.loop.Ready()}
+	in.live, in.liveWhy = d.loop.Live()
+	in.healthy, in.healthyWhy = d.loop.Healthy()
 	if d.kube != nil {
-		body["apiLastContact"] = d.kube.LastContact()
-		if d.kube.Stale() {
+		in.cluster = true
+		in.eligible, in.eligibleWhy = d.kube.NodeEligible()
+		in.stale, in.lastContact, in.apiErr = d.kube.Stale(), d.kube.LastContact(), d.kube.LastError()
+	}
+	return in
+}
+
+// healthAnswer decides one health answer: its status code and JSON body. The body has
+// kube-proxy's fields (lastUpdated: the last successful sync; currentTime; healthy;
+// nodeEligible on /healthz in cluster mode) and svcproxy's (nodeName, mode, reason when
+// failing, pendingSince, lastSyncError, apiLastContact, apiStale, apiError).
+func healthAnswer(in healthInput) (int, map[string]any) {
+	ok, why := in.live, in.liveWhy
+	body := map[string]any{"lastUpdated": in.loop.LastSuccess, "currentTime": in.now, "nodeName": in.nodeName, "mode": in.mode}
+	switch in.path {
+	case "/healthz":
+		if in.cluster {
+			body["nodeEligible"] = in.eligible
+			if ok && !in.eligible {
+				ok, why = false, in.eligibleWhy
+				if why == "" {
+					why = "node not eligible"
+				}
+			}
+		}
+	case "/readyz":
+		ok, why = in.healthy, in.healthyWhy
+		if !in.ready {
+			ok, why = false, "no sync has succeeded yet"
+		}
+	}
+	if !in.loop.PendingSince.IsZero() {
+		body["pendingSince"] = in.loop.PendingSince
+	}
+	if in.healthTimeout > 0 {
+		body["healthTimeout"] = in.healthTimeout.String()
+	}
+	if in.loop.LastError != "" {
+		body["lastSyncError"] = in.loop.LastError
+	}
+	if in.cluster {
+		body["apiLastContact"] = in.lastContact
+		if in.stale {
 			body["apiStale"] = true
-			if err := d.kube.LastError(); err != nil {
-				body["apiError"] = err.Error()
+			if in.apiErr != nil {
+				body["apiError"] = in.apiErr.Error()
 			}
 		}
 	}
-	code := http.StatusOK
+	body["healthy"] = ok
 	if !ok {
-		code = http.StatusServiceUnavailable
 		body["reason"] = why
+		return http.StatusServiceUnavailable, body
 	}
-	api.WriteJSON(w, code, body)
+	return http.StatusOK, body
+}
+
+// proxyLive is the proxy's health for the health-check node ports (serviceProxyHealthy), as
+// kube-proxy's: the sync loop's Live.
+func (d *Daemon) proxyLive() bool {
+	ok, _ := d.loop.Live()
+	return ok
 }
 
 func (d *Daemon) apiHandler() http.Handler {
