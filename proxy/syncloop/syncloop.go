@@ -96,8 +96,12 @@ type Loop struct {
 	desired      *model.State
 	desiredGen   uint64
 	pendingSince time.Time
-	needFull     bool
-	status       Status
+	// syncing is true while a sync runs; laterSince is when the first change after the state
+	// it programs was queued, which becomes pendingSince when that sync succeeds.
+	syncing    bool
+	laterSince time.Time
+	needFull   bool
+	status     Status
 }
 
 // New returns a loop for backend b; nothing runs until Run.
@@ -121,9 +125,7 @@ func (l *Loop) Update(st *model.State) uint64 {
 	l.desired = st
 	l.desiredGen++
 	gen := l.desiredGen
-	if l.pendingSince.IsZero() {
-		l.pendingSince = l.opts.Now()
-	}
+	l.queuedLocked()
 	l.mu.Unlock()
 	if m := l.opts.Metrics; m != nil {
 		m.LastQueuedTimestamp.SetToCurrentTime()
@@ -146,8 +148,15 @@ func (l *Loop) RequestFullSync() {
 // queuedLocked records that a sync is owed (kube-proxy's QueuedUpdate): the oldest such time
 // is kept until a sync succeeds. With no state yet there is nothing to sync, so nothing is owed.
 func (l *Loop) queuedLocked() {
-	if l.desired != nil && l.pendingSince.IsZero() {
-		l.pendingSince = l.opts.Now()
+	if l.desired == nil {
+		return
+	}
+	now := l.opts.Now()
+	if l.pendingSince.IsZero() {
+		l.pendingSince = now
+	}
+	if l.syncing && l.laterSince.IsZero() {
+		l.laterSince = now
 	}
 }
 
@@ -306,6 +315,7 @@ func (l *Loop) syncOnce(ctx context.Context) (bool, error) {
 		l.mu.Unlock()
 		return false, nil
 	}
+	l.syncing, l.laterSince = true, time.Time{}
 	l.mu.Unlock()
 
 	var changes model.Changes
@@ -322,6 +332,7 @@ func (l *Loop) syncOnce(ctx context.Context) (bool, error) {
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.syncing = false
 	l.status.LastAttempt = end
 	l.status.LastDuration = took
 	if m := l.opts.Metrics; m != nil {
@@ -348,8 +359,12 @@ func (l *Loop) syncOnce(ctx context.Context) (bool, error) {
 	if full {
 		l.status.LastFull = end
 	}
+	// What this sync programmed is no longer pending; what was queued meanwhile is, from when
+	// it was queued (kube-proxy's Updated).
 	if gen == l.desiredGen {
 		l.pendingSince = time.Time{}
+	} else {
+		l.pendingSince = l.laterSince
 	}
 	if m := l.opts.Metrics; m != nil {
 		m.SyncDuration.Observe(took.Seconds())

@@ -313,3 +313,26 @@ func TestLiveWithFakeClock(t *testing.T) {
 		}
 	})
 }
+
+// TestLiveUnderConstantChurn: changes that keep arriving while syncs keep succeeding must not
+// fail liveness: after each successful sync only what was queued after the state it programmed
+// counts (kube-proxy clears its oldest queued time on every successful sync).
+func TestLiveUnderConstantChurn(t *testing.T) {
+	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	b := &fakeBackend{intact: true, block: make(chan struct{}), entered: make(chan struct{}, 10)}
+	l := start(t, b, Options{MinInterval: time.Millisecond, Period: 30 * time.Second, Now: clk.Now})
+	defer close(b.block)
+	l.Update(state(1))
+	<-b.entered
+	for i := 2; i < 10; i++ {
+		clk.Step(50 * time.Second)
+		l.Update(state(i)) // queued while the sync of the previous state runs
+		b.block <- struct{}{}
+		<-b.entered // that sync succeeded, the next one (of state i) started
+		waitFor(t, "applied", func() bool { return l.Status().AppliedGeneration == uint64(i-1) })
+		clk.Step(20 * time.Second)
+		if ok, why := l.Live(); !ok {
+			t.Fatalf("round %d: syncs keep succeeding, the oldest unprogrammed change is 20 s old: %q", i, why)
+		}
+	}
+}
