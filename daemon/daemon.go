@@ -171,7 +171,7 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 	if err := os.MkdirAll(d.cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	d.store, err = ipam.Open(filepath.Clean(d.cfg.StateDir), ipam.Options{Logger: d.log, PodCooldown: zeroMeansNone(d.cfg.PodCooldown)})
+	d.store, err = ipam.Open(filepath.Clean(d.cfg.StateDir), ipam.Options{Logger: d.log, PodCooldown: zeroMeansNone(d.cfg.PodCooldown), PodGCGrace: d.cfg.PodGCGracePeriod})
 	if err != nil {
 		return fmt.Errorf("opening IPAM state in %s: %w", d.cfg.StateDir, err)
 	}

@@ -81,6 +81,11 @@ func healthAnswer(in healthInput) (int, map[string]any) {
 	body := map[string]any{"lastUpdated": in.loop.LastSuccess, "currentTime": in.now, "nodeName": in.nodeName, "mode": in.mode}
 	switch in.path {
 	case "/healthz":
+		// The contract: 200 only when the last sync succeeded (and, as kube-proxy, none is
+		// overdue and the node is eligible).
+		if ok && in.loop.LastError != "" {
+			ok, why = false, "the last sync failed: "+in.loop.LastError
+		}
 		if in.cluster {
 			body["nodeEligible"] = in.eligible
 			if ok && !in.eligible {

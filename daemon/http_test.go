@@ -115,13 +115,21 @@ func TestHealthAnswer(t *testing.T) {
 			in: func(i healthInput) healthInput { i.live, i.liveWhy = false, "a change has waited 1m"; return i }},
 		{name: "not live: healthz", path: "/healthz", from: cluster, code: 503, eligible: true,
 			in: func(i healthInput) healthInput { i.live, i.liveWhy = false, "a change has waited 1m"; return i }},
-		{name: "last sync failed, change still young: healthz as kube-proxy", path: "/healthz", from: base, code: 200,
+		// The contract (../shared/CONTRACT.md): /healthz is 200 only when the last sync
+		// succeeded, stricter than kube-proxy, which waits for the health timeout; /livez
+		// keeps kube-proxy's rule, so the daemon is not restarted for one failure.
+		{name: "last sync failed, change still young: healthz (contract)", path: "/healthz", from: base, code: 503,
 			in: func(i healthInput) healthInput {
 				i.healthy, i.loop.LastError, i.loop.PendingSince = false, "iptables-restore: exit 1", now.Add(-time.Second)
 				return i
 			},
 			check: func(b map[string]any) bool {
 				return b["lastSyncError"] == "iptables-restore: exit 1" && b["pendingSince"] != nil
+			}},
+		{name: "last sync failed, change still young: livez as kube-proxy", path: "/livez", from: base, code: 200,
+			in: func(i healthInput) healthInput {
+				i.healthy, i.loop.LastError, i.loop.PendingSince = false, "iptables-restore: exit 1", now.Add(-time.Second)
+				return i
 			}},
 		{name: "last sync failed: readyz", path: "/readyz", from: base, code: 503,
 			in: func(i healthInput) healthInput { i.healthy, i.healthyWhy = false, "last sync failed"; return i }},

@@ -122,9 +122,21 @@ func testCNIRealDaemon(t *testing.T, mode, bin, cniBin string) {
 		t.Fatal(err)
 	}
 	valid := []types.GCAttachment{{ContainerID: ContainerID(&webB.Namespace), IfName: "eth0"}, {ContainerID: ContainerID(&other.Namespace), IfName: "eth0"}}
-	if out, cerr, err := w.cni.Plugin(w.ctx, "GC", SvcproxyPlugin(w.d.APISocket), map[string]any{"cni.dev/valid-attachments": valid}); err != nil || cerr != nil {
-		t.Fatalf("GC with valid attachments web-b and other: %v %v (%s)", err, cerr, out)
+	gc := func() {
+		t.Helper()
+		if out, cerr, err := w.cni.Plugin(w.ctx, "GC", SvcproxyPlugin(w.d.APISocket), map[string]any{"cni.dev/valid-attachments": valid}); err != nil || cerr != nil {
+			t.Fatalf("GC with valid attachments web-b and other: %v %v (%s)", err, cerr, out)
+		}
 	}
+	// The first GC only marks the leaked allocation missing: the runtime's list may be older
+	// than an ADD in flight, so nothing is freed before the grace period (ipam.podGCGracePeriod,
+	// 1s here) has passed with the allocation missing at every GC.
+	gc()
+	if st := w.status(); podUsed(st) != 3 {
+		t.Fatalf("the first GC freed an allocation at once: %d pod IPs used, want 3", podUsed(st))
+	}
+	time.Sleep(cniGCGrace + 100*time.Millisecond)
+	gc()
 	w.waitStatus("GC: 2 pod IPs used, endpoints web-b", func(st *api.Status) bool {
 		return podUsed(st) == 2 && slices.Equal(cniEndpoints(st), sortedAddrs(ipB))
 	})
@@ -192,6 +204,9 @@ func testCNIRealDaemon(t *testing.T, mode, bin, cniBin string) {
 	}
 }
 
+// cniGCGrace is the daemon's pod GC grace period in the CNI tests.
+const cniGCGrace = time.Second
+
 func newCNIWorld(t *testing.T, mode, bin, cniBin string) *cniWorld {
 	t.Helper()
 	// The external client gives the node its default route (an iptables node needs a route
@@ -205,6 +220,7 @@ func newCNIWorld(t *testing.T, mode, bin, cniBin string) *cniWorld {
 	}
 	w.d = s.NewDaemon(DaemonOptions{Bin: bin, Mode: mode, NodeName: nodeName})
 	cfg := BaseConfig(nodeName, mode)
+	cfg.IPAM = &IPAM{PodGCGracePeriod: cniGCGrace.String()}
 	cfg.Services = []Service{{Name: "web", ClusterIP: cniVIP.String(), Selector: cniSelector,
 		Ports: []ServicePort{{Name: "http", Protocol: "TCP", Port: webPort, TargetPort: cniPodPort}}}}
 	if err := w.d.WriteConfig(cfg); err != nil {

@@ -27,7 +27,13 @@ type ProxyConfig struct {
 	StateDir           string    `yaml:"stateDir,omitempty"`
 	APISocket          string    `yaml:"apiSocket,omitempty"`
 	EBPF               *EBPF     `yaml:"ebpf,omitempty"`
+	IPAM               *IPAM     `yaml:"ipam,omitempty"`
 	Services           []Service `yaml:"services"`
+}
+
+// IPAM holds the ipam settings a scenario changes.
+type IPAM struct {
+	PodGCGracePeriod string `yaml:"podGCGracePeriod,omitempty"`
 }
 
 // EBPF holds the eBPF backend's settings.
