@@ -111,8 +111,9 @@ type Config struct {
 	// ServiceGracePeriod is how long the VIPs and node ports of a service missing from the
 	// config are kept for it (default 10 min).
 	ServiceGracePeriod time.Duration
-	// PodGCGracePeriod is how old a pod IP allocation must be before cluster-mode GC may free
-	// it for a pod the API does not know (default 2 min: the informer cache can lag).
+	// PodGCGracePeriod is how long GC (cluster mode and CNI GC) must have found a pod IP
+	// allocation missing, on the monotonic clock, before it may free it (default 2 min: the
+	// informer cache and the runtime's list can lag).
 	PodGCGracePeriod time.Duration
 	// EBPFCgroupPath is the cgroup v2 directory the socket-LB hooks attach to; empty means
 	// the root of the host's cgroup v2 hierarchy (mounted at /run/svcproxy/cgroupv2 if absent).
