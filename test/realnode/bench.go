@@ -273,10 +273,6 @@ func removeCgroupTree(dir string) error {
 	return nil
 }
 
-// hostMountPoints are host directories the node's mount namespace binds over and that may
-// not exist on a fresh host; the bench creates the missing ones and removes them at the end.
-var hostMountPoints = []string{"/etc/cni", "/opt/cni"}
-
 // kubeletSysctls are the host-wide sysctls kubelet rewrites when they differ from these
 // values (pkg/kubelet/cm setupKernelTunables); the node's mount namespace shows it files
 // holding exactly these values instead.
@@ -295,20 +291,24 @@ var kubeletSysctls = map[string]string{
 // the paths a node owns. Nothing made in it reaches the host's mount namespace.
 func (n *Node) makeMountNS() {
 	t := n.bench.t
-	for _, p := range hostMountPoints {
-		if _, err := os.Stat(p); err == nil {
-			continue
-		}
-		if err := os.Mkdir(p, 0o755); err != nil {
-			t.Fatalf("realnode: %v", err)
-		}
-		t.Cleanup(func() { _ = syscall.Rmdir(p) }) // only while empty: it is ours
-	}
 	var script strings.Builder
 	script.WriteString("set -e\nmount --make-rshared /\n")
 	fmt.Fprintf(&script, "mount --bind %s /var\n", filepath.Join(n.Dir, "var"))
 	fmt.Fprintf(&script, "mount --bind %s /run\n", n.RunDir)
-	fmt.Fprintf(&script, "mount --bind %s /etc/cni\n", filepath.Join(n.Dir, "etc-cni"))
+	// /etc and /opt become overlays whose changes land in the node's directory, so /etc/cni
+	// and /opt/cni exist for the node without a directory made on the host (a mount point
+	// made on the host and removed by one bench would detach the mounts of another).
+	for _, d := range []string{"etc", "opt"} {
+		up, work := filepath.Join(n.Dir, "overlay", d, "upper"), filepath.Join(n.Dir, "overlay", d, "work")
+		if err := os.MkdirAll(up, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(work, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&script, "mount -t overlay overlay -o lowerdir=/%s,upperdir=%s,workdir=%s /%s\n", d, up, work, d)
+	}
+	fmt.Fprintf(&script, "mkdir -p /etc/cni /opt/cni\nmount --bind %s /etc/cni\n", filepath.Join(n.Dir, "etc-cni"))
 	fmt.Fprintf(&script, "mount --bind %s /opt/cni\n", filepath.Join(n.Dir, "opt-cni"))
 	script.WriteString("mount -t bpf bpf /sys/fs/bpf\n")
 	fmt.Fprintf(&script, "mount --bind %s %s\n", n.CgroupV2, cgroupV2Root)

@@ -21,7 +21,8 @@
 // wants (files bound over /proc/sys entries in the node's mount namespace), so it never
 // changes the machine. Images are built offline by `make image` and imported into each
 // node's containerd. Everything the bench made is removed when the test ends, pass or fail;
-// the only host paths it may create (/etc/cni, /opt/cni as mount points) are removed again.
+// it creates no path on the host outside its temporary directory (/etc and /opt are
+// overlays in the node's mount namespace, with the node's changes in its own directory).
 //
 // Every client of the cluster (kubectl, client-go, load generators) runs inside a namespace
 // the bench made: the control-plane namespace, a node, a pod or the external client
