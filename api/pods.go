@@ -43,11 +43,13 @@ type PodAttachment struct {
 // PodAllocateRequest asks for the addresses of an attachment. Allocation is idempotent per
 // (ContainerID, IfName): asking again returns the same addresses.
 type PodAllocateRequest struct {
-	ContainerID  string            `json:"containerID"`
-	IfName       string            `json:"ifName"`
-	PodNamespace string            `json:"podNamespace,omitempty"`
-	PodName      string            `json:"podName,omitempty"`
-	Labels       map[string]string `json:"labels,omitempty"`
+	ContainerID  string `json:"containerID"`
+	IfName       string `json:"ifName"`
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
+	// PodUID is the pod's UID when the runtime passes it (CNI_ARGS K8S_POD_UID).
+	PodUID string            `json:"podUID,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
 	// Netns is the pod's network namespace path, for the record.
 	Netns string `json:"netns,omitempty"`
 }

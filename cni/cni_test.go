@@ -48,8 +48,8 @@ func TestParseConfig(t *testing.T) {
 }
 
 func TestParsePodArgs(t *testing.T) {
-	p, err := ParsePodArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=dns-1;K8S_POD_INFRA_CONTAINER_ID=abc;;")
-	if err != nil || p != (PodArgs{Namespace: "kube-system", Name: "dns-1"}) {
+	p, err := ParsePodArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=dns-1;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=0c1f-77;;")
+	if err != nil || p != (PodArgs{Namespace: "kube-system", Name: "dns-1", UID: "0c1f-77"}) {
 		t.Fatalf("ParsePodArgs = %+v, %v", p, err)
 	}
 	if p, err := ParsePodArgs(""); err != nil || p != (PodArgs{}) {

@@ -56,9 +56,10 @@ func ParseConfig(stdin []byte) (*NetConf, error) {
 type PodArgs struct {
 	Namespace string // K8S_POD_NAMESPACE
 	Name      string // K8S_POD_NAME
+	UID       string // K8S_POD_UID (containerd and CRI-O pass it): pod IP GC matches by UID
 }
 
-// ParsePodArgs reads K8S_POD_NAMESPACE and K8S_POD_NAME from CNI_ARGS ("K=V;K=V"), ignoring
+// ParsePodArgs reads K8S_POD_NAMESPACE, K8S_POD_NAME and K8S_POD_UID from CNI_ARGS ("K=V;K=V"), ignoring
 // every other key. It fails on a pair without "=".
 func ParsePodArgs(cniArgs string) (PodArgs, error) {
 	var p PodArgs
@@ -78,6 +79,8 @@ func ParsePodArgs(cniArgs string) (PodArgs, error) {
 			p.Namespace = v
 		case "K8S_POD_NAME":
 			p.Name = v
+		case "K8S_POD_UID":
+			p.UID = v
 		}
 	}
 	return p, nil

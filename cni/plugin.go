@@ -107,7 +107,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	att := api.PodAttachment{ContainerID: args.ContainerID, IfName: args.IfName}
 	alloc, err := c.AllocatePod(ctx, &api.PodAllocateRequest{
 		ContainerID: args.ContainerID, IfName: args.IfName,
-		PodNamespace: pod.Namespace, PodName: pod.Name,
+		PodNamespace: pod.Namespace, PodName: pod.Name, PodUID: pod.UID,
 		Labels: conf.RuntimeConfig.Labels, Netns: args.Netns,
 	})
 	if err != nil {

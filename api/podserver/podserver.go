@@ -286,7 +286,7 @@ func (s *Server) allocate(w http.ResponseWriter, r *http.Request) {
 	}
 	pod := Pod{
 		Attachment: Attachment{ContainerID: req.ContainerID, IfName: req.IfName},
-		Namespace:  req.PodNamespace, Name: req.PodName, Labels: req.Labels, Netns: req.Netns,
+		Namespace:  req.PodNamespace, Name: req.PodName, UID: req.PodUID, Labels: req.Labels, Netns: req.Netns,
 	}
 	addrs, err := s.ipam.Allocate(r.Context(), pod)
 	if err != nil {
