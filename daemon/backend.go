@@ -41,6 +41,7 @@ func NewBackend(ctx context.Context, cfg *config.Config, log *slog.Logger) (prox
 			return nil, "", err
 		}
 		cleanupIPTables(ctx, cfg, log)
+		flushNATConntrack(ctx, log)
 		return b, why, nil
 	default:
 		b, err := iptables.New(ctx, iptables.Options{Backend: cfg.IPTablesBackend, Logger: log})
