@@ -459,9 +459,74 @@ func (s *suite) record(name string, l *loadSet, zeroFailures bool) error {
 	return nil
 }
 
+// waitProgrammed waits until every node's svcproxy has exactly the ready web pods as the
+// active endpoints of the web Service's http port (the proxy's view has caught up with the
+// API's), and returns how long that took.
+func (s *suite) waitProgrammed(timeout time.Duration) (time.Duration, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var last string
+	for {
+		pods, err := s.b.Pods(ctx, "default", "app="+webName)
+		if err != nil {
+			return 0, err
+		}
+		var want []string
+		for _, p := range pods {
+			if p.DeletionTimestamp == nil && podReady(&p) && p.Status.PodIP != "" {
+				want = append(want, p.Status.PodIP)
+			}
+		}
+		sort.Strings(want)
+		done := true
+		for _, n := range s.b.Nodes {
+			st, err := s.status(n)
+			if err != nil {
+				done, last = false, err.Error()
+				break
+			}
+			var got []string
+			for _, svc := range st.Services {
+				if svc.Namespace != "default" || svc.Name != webName {
+					continue
+				}
+				for _, p := range svc.Ports {
+					if p.Name != "http" {
+						continue
+					}
+					for _, e := range p.Endpoints {
+						if e.State == "active" {
+							got = append(got, strings.TrimSuffix(e.Address, ":8080"))
+						}
+					}
+				}
+			}
+			sort.Strings(got)
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				done, last = false, fmt.Sprintf("%s programs %v, ready pods %v", n.Name, got, want)
+				break
+			}
+		}
+		if done {
+			return time.Since(start), nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("proxies did not program the ready web pods within %s: %s", timeout, last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 // spread: traffic to the VIP from a pod on each node and from each node, and to the NodePort
 // of each node from the external client, reaches every replica.
 func (s *suite) spread(mode, name string) error {
+	if d, err := s.waitProgrammed(time.Minute); err != nil {
+		return err
+	} else if d > time.Second {
+		s.report.Note(mode, name, "proxies programmed the ready pods %s after they were ready", d.Round(100*time.Millisecond))
+	}
 	pods, err := s.webPods(true)
 	if err != nil {
 		return err
