@@ -460,8 +460,8 @@ func (s *suite) record(name string, l *loadSet, zeroFailures bool) error {
 }
 
 // waitProgrammed waits until every node's svcproxy has exactly the ready web pods as the
-// active endpoints of the web Service's http port (the proxy's view has caught up with the
-// API's), and returns how long that took.
+// active endpoints of the web Service's http port and has applied that state to the kernel
+// (the proxy has caught up with the API), and returns how long that took.
 func (s *suite) waitProgrammed(timeout time.Duration) (time.Duration, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -484,6 +484,10 @@ func (s *suite) waitProgrammed(timeout time.Duration) (time.Duration, error) {
 			st, err := s.status(n)
 			if err != nil {
 				done, last = false, err.Error()
+				break
+			}
+			if st.AppliedGeneration < st.DesiredGeneration {
+				done, last = false, fmt.Sprintf("%s has applied generation %d of %d", n.Name, st.AppliedGeneration, st.DesiredGeneration)
 				break
 			}
 			var got []string
