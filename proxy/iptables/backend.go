@@ -459,10 +459,10 @@ func (b *Backend) Sync(ctx context.Context, st *model.State, changes model.Chang
 		out, err := b.run.Run(ctx, "conntrack", args, nil)
 		if err != nil && !(exitCode(err) == 1 && bytes.Contains([]byte(err.Error()), []byte("0 flow entries"))) {
 			// A stale entry left behind only delays recovery of that flow; the rules are in.
-			b.log.Warn("deleting stale UDP conntrack entries failed", "args", strings.Join(args, " "), "err", err)
+			b.log.Warn("deleting stale conntrack entries failed", "args", strings.Join(args, " "), "err", err)
 			continue
 		}
-		b.log.Debug("deleted stale UDP conntrack entries", "args", strings.Join(args, " "), "out", string(out))
+		b.log.Debug("deleted stale conntrack entries", "args", strings.Join(args, " "), "out", string(out))
 	}
 	return res, nil
 }

@@ -8,8 +8,12 @@ import (
 	"github.com/svcproxy/svcproxy/proxy/model"
 )
 
-// ConntrackFlush selects UDP conntrack entries to delete. Zero fields match anything.
+// ConntrackFlush selects conntrack entries to delete: UDP ones, or TCP ones in TCPState when
+// that is set. Zero fields match anything.
 type ConntrackFlush struct {
+	// TCPState, when set, selects TCP entries in that state (SYN_SENT: connection attempts
+	// that never got an answer) instead of UDP entries.
+	TCPState string
 	// OrigDst and OrigDstPort match the original destination (a VIP, or any address for a
 	// node port when OrigDst is invalid).
 	OrigDst     netip.Addr
@@ -22,6 +26,9 @@ type ConntrackFlush struct {
 // Args returns the arguments of `conntrack -D` for f in family fam.
 func (f ConntrackFlush) Args(fam Family) []string {
 	a := []string{"-D", "-p", "udp"}
+	if f.TCPState != "" {
+		a = []string{"-D", "-p", "tcp", "--state", f.TCPState}
+	}
 	if fam == IPv6 {
 		a = append(a, "-f", "ipv6")
 	}
@@ -47,7 +54,9 @@ type udpDest struct {
 	eps      map[netip.AddrPort]bool
 }
 
-func udpDests(st *model.State, fam Family, only map[model.ServiceKey]struct{}) map[string]*udpDest {
+// protoDests returns, per service port of protocol proto, its frontends and programmed
+// endpoints.
+func protoDests(st *model.State, fam Family, only map[model.ServiceKey]struct{}, proto model.Protocol) map[string]*udpDest {
 	out := map[string]*udpDest{}
 	if st == nil {
 		return out
@@ -55,7 +64,7 @@ func udpDests(st *model.State, fam Family, only map[model.ServiceKey]struct{}) m
 	add := func(s *model.Service) {
 		for i := range s.Ports {
 			p := &s.Ports[i]
-			if p.Protocol != model.UDP {
+			if p.Protocol != proto {
 				continue
 			}
 			d := &udpDest{port: p.Port, eps: map[netip.AddrPort]bool{}}
@@ -94,32 +103,42 @@ func udpDests(st *model.State, fam Family, only map[model.ServiceKey]struct{}) m
 	return out
 }
 
-// StaleConntrack returns the UDP conntrack entries to delete after moving from prev to next
-// (prev nil: none). Entries translated to an endpoint that is no longer programmed go, and
+// StaleConntrack returns the conntrack entries to delete after moving from prev to next (prev
+// nil: none). UDP entries translated to an endpoint that is no longer programmed go, and
 // entries of a VIP or node port that just got its first endpoint go too (they were created
-// while the port had none and would blackhole the flow). TCP entries are never flushed. When
-// changed is non-nil only those services are compared.
+// while the port had none and would blackhole the flow). Of TCP, only connection attempts to
+// a removed endpoint that never got an answer (SYN_SENT) go: a new connection from the same
+// client port would otherwise be taken for a retransmission and sent to the dead endpoint
+// again for as long as the entry lives (2 minutes; found on the real-node bench after a
+// node's pods died with it); established TCP connections are never flushed. When changed is
+// non-nil only those services are compared.
 func StaleConntrack(prev, next *model.State, fam Family, changed map[model.ServiceKey]struct{}) []ConntrackFlush {
 	if prev == nil {
 		return nil
 	}
-	before := udpDests(prev, fam, changed)
-	after := udpDests(next, fam, changed)
 	var out []ConntrackFlush
-	for id, b := range before {
-		a := after[id]
-		for ep := range b.eps {
-			if a != nil && a.eps[ep] {
-				continue
-			}
-			for _, v := range b.vips {
-				out = append(out, ConntrackFlush{OrigDst: v, OrigDstPort: b.port, ReplySrc: ep.Addr(), ReplySrcPort: ep.Port()})
-			}
-			if b.nodePort != 0 {
-				out = append(out, ConntrackFlush{OrigDstPort: b.nodePort, ReplySrc: ep.Addr(), ReplySrcPort: ep.Port()})
+	removed := func(proto model.Protocol, tcpState string) {
+		before := protoDests(prev, fam, changed, proto)
+		after := protoDests(next, fam, changed, proto)
+		for id, b := range before {
+			a := after[id]
+			for ep := range b.eps {
+				if a != nil && a.eps[ep] {
+					continue
+				}
+				for _, v := range b.vips {
+					out = append(out, ConntrackFlush{TCPState: tcpState, OrigDst: v, OrigDstPort: b.port, ReplySrc: ep.Addr(), ReplySrcPort: ep.Port()})
+				}
+				if b.nodePort != 0 {
+					out = append(out, ConntrackFlush{TCPState: tcpState, OrigDstPort: b.nodePort, ReplySrc: ep.Addr(), ReplySrcPort: ep.Port()})
+				}
 			}
 		}
 	}
+	removed(model.TCP, "SYN_SENT")
+	removed(model.UDP, "")
+	before := protoDests(prev, fam, changed, model.UDP)
+	after := protoDests(next, fam, changed, model.UDP)
 	for id, a := range after {
 		if len(a.eps) == 0 {
 			continue
@@ -136,6 +155,9 @@ func StaleConntrack(prev, next *model.State, fam Family, changed map[model.Servi
 	}
 	sort.Slice(out, func(i, j int) bool {
 		x, y := out[i], out[j]
+		if x.TCPState != y.TCPState {
+			return x.TCPState < y.TCPState
+		}
 		if c := x.OrigDst.Compare(y.OrigDst); c != 0 {
 			return c < 0
 		}

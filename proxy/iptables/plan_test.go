@@ -236,20 +236,28 @@ func TestStaleConntrack(t *testing.T) {
 	if !equalFlushes(got, want) {
 		t.Fatalf("first endpoints: got %+v want %+v", got, want)
 	}
-	// The endpoint leaves again; a TCP endpoint leaving flushes nothing.
+	// The endpoint leaves again; TCP endpoints leaving flush only their unanswered connection
+	// attempts (SYN_SENT), never established connections.
 	third := cloneState(next)
 	third.Service(model.ServiceKey{Namespace: "default", Name: "np-empty"}).Ports[0].Endpoints = []model.Endpoint{ep("10.244.2.61", 5000, "node2")}
 	third.Service(model.ServiceKey{Namespace: "default", Name: "web"}).Ports[0].Endpoints = nil
 	got = StaleConntrack(next, third, IPv4, model.Diff(next, third).Services)
 	old := netip.MustParseAddr("10.244.2.60")
+	webVIP := netip.MustParseAddr("10.96.0.10")
 	want = []ConntrackFlush{
 		{OrigDstPort: 30500, ReplySrc: old, ReplySrcPort: 5000},
 		{OrigDst: netip.MustParseAddr("10.96.0.22"), OrigDstPort: 5000, ReplySrc: old, ReplySrcPort: 5000},
+		{TCPState: "SYN_SENT", OrigDst: webVIP, OrigDstPort: 80, ReplySrc: netip.MustParseAddr("10.244.1.10"), ReplySrcPort: 8080},
+		{TCPState: "SYN_SENT", OrigDst: webVIP, OrigDstPort: 80, ReplySrc: netip.MustParseAddr("10.244.1.11"), ReplySrcPort: 8080},
+		{TCPState: "SYN_SENT", OrigDst: webVIP, OrigDstPort: 80, ReplySrc: netip.MustParseAddr("10.244.2.10"), ReplySrcPort: 8080},
 	}
 	if !equalFlushes(got, want) {
 		t.Fatalf("endpoint removed: got %+v want %+v", got, want)
 	}
 	if a := strings.Join(want[1].Args(IPv4), " "); a != "-D -p udp --orig-dst 10.96.0.22 --orig-port-dst 5000 --reply-src 10.244.2.60 --reply-port-src 5000" {
+		t.Fatalf("args %q", a)
+	}
+	if a := strings.Join(want[2].Args(IPv4), " "); a != "-D -p tcp --state SYN_SENT --orig-dst 10.96.0.10 --orig-port-dst 80 --reply-src 10.244.1.10 --reply-port-src 8080" {
 		t.Fatalf("args %q", a)
 	}
 	if got := StaleConntrack(nil, third, IPv4, nil); len(got) != 0 {
