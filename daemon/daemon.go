@@ -118,7 +118,7 @@ func loadSettings(opts Options) (*config.Config, []byte, error) {
 	name := "defaults"
 	if opts.ConfigPath != "" {
 		var err error
-		if data, err = os.ReadFile(opts.ConfigPath); err != nil {
+		if data, err = config.ReadFile(opts.ConfigPath); err != nil {
 			return nil, nil, &InputError{fmt.Errorf("read config: %w", err)}
 		}
 		name = opts.ConfigPath

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -190,7 +189,9 @@ func (s *state) read(force bool, deliver func(*config.Config, error)) {
 }
 
 func (s *state) readOnce(force bool, deliver func(*config.Config, error)) bool {
-	data, err := os.ReadFile(s.path)
+	// config.ReadFile refuses a file over config.MaxFileSize without reading it whole (a
+	// 100 MB file, or a device that never ends, would otherwise be read into memory first).
+	data, err := config.ReadFile(s.path)
 	if err != nil {
 		msg := err.Error()
 		if !force && s.delivered && !s.haveData && s.lastErr == msg {

@@ -201,6 +201,34 @@ func TestInvalidThenFixed(t *testing.T) {
 	h.expect(84)
 }
 
+// TestTooLargeThenFixed: a file over config.MaxFileSize is refused with a problem naming the
+// limit (without being read whole), and a good file afterwards is delivered again.
+func TestTooLargeThenFixed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "svcproxy.yaml")
+	write(t, path, version(80))
+	h := start(t, path, 20*time.Millisecond)
+	h.expect(80)
+	big := path + ".tmp"
+	f, err := os.Create(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(config.MaxFileSize + 1); err != nil { // sparse: costs no disk
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := os.Rename(big, path); err != nil {
+		t.Fatal(err)
+	}
+	d := h.expect(0)
+	var perr *config.Error
+	if !errors.As(d.err, &perr) || !strings.Contains(d.err.Error(), "16 MiB") {
+		t.Fatalf("a file over the size limit delivered %v, want a problem naming the limit", d.err)
+	}
+	write(t, path, version(84))
+	h.expect(84)
+}
+
 func TestUnchangedIsNotRedeliveredButReloadIs(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "svcproxy.yaml")
