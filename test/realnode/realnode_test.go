@@ -621,9 +621,8 @@ func (s *suite) scale(mode, name string) error {
 		if err != nil {
 			return fmt.Errorf("scaled to %d: %w", n, err)
 		}
-		s.report.Note(mode, name, "scale to %d: replicas ready after %s, traffic on exactly them %s after the scale command (resolution 0.5 s)",
+		s.report.Note(mode, name, "scale to %d: replicas ready %s after the scale command, traffic on exactly them %s after that (resolution 0.5 s)",
 			n, ready.Round(100*time.Millisecond), follow.Round(100*time.Millisecond))
-		_ = start
 	}
 	// End the background run early by waiting for it: it is bounded by its duration.
 	r, err := c.Result(ctx, id)
