@@ -76,6 +76,9 @@ func TestThresholdsAndApply(t *testing.T) {
 		t.Fatal("a new target must start healthy")
 	}
 	wait(t, "endpoint marked unhealthy", func() bool { return !c.Healthy(web, bad) })
+	// onChange runs after the state is published: wait for it rather than race it (this
+	// assertion failed once in CI under load).
+	wait(t, "onChange for the transition", func() bool { return changes.Load() >= 1 })
 	if n := changes.Load(); n != 1 {
 		t.Errorf("one transition, got %d onChange calls", n)
 	}
@@ -91,6 +94,7 @@ func TestThresholdsAndApply(t *testing.T) {
 	}
 	sp.set(bad, false)
 	wait(t, "endpoint back", func() bool { return c.Healthy(web, bad) })
+	wait(t, "onChange for the second transition", func() bool { return changes.Load() >= 2 })
 	if n := changes.Load(); n != 2 {
 		t.Errorf("two transitions, got %d", n)
 	}
